@@ -1,0 +1,21 @@
+"""ComfyUI glue of the HS-Diffusion head-swap pack: V3 nodes only.
+
+Model folders are registered when this package is imported (ComfyUI 0.3.75 never calls
+``ComfyExtension.on_load``).
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import layout_io
+from .folders import register_model_folders
+
+register_model_folders()
+
+NODES: list[type[io.ComfyNode]] = [
+    *layout_io.NODES,
+]
+
+
+class HeadSwapExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

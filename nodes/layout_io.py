@@ -1,0 +1,190 @@
+"""Layout I/O nodes: load a label map from an image, preview it, turn classes into a MASK."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import folder_paths
+import node_helpers
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+from PIL import Image
+
+from ..hs_models.labels import LABEL_SETS, get_label_set
+from ..hs_models.layout import (
+    SemanticLayout,
+    colorize,
+    labels_from_indices,
+    labels_from_rgb,
+    resolve_class_selection,
+)
+from ._tensors import broadcast_batches
+from .types import HeadSwapLayout
+
+CATEGORY = "headswap/layout"
+DECODE_MODES = ("auto", "indices", "palette")
+
+
+def _input_images() -> list[str]:
+    input_dir = folder_paths.get_input_directory()
+    files = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
+    return sorted(folder_paths.filter_files_content_types(files, ["image"]))
+
+
+def decode_layout_image(img: Image.Image, label_set_name: str, decode: str, source: str) -> torch.Tensor:
+    """PIL image → (H,W) int64 labels. Indexed/greyscale images hold ids; RGB images hold palette colours."""
+    label_set = get_label_set(label_set_name)
+    mode = img.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA").getchannel("A"))
+        if (alpha < 255).any():
+            raise ValueError(
+                f"{source}: {int((alpha < 255).sum())} pixels are transparent; a layout must be opaque "
+                f"(flatten the image onto the background colour before saving)"
+            )
+    index_modes = ("P", "L", "LA", "PA", "I", "I;16", "1")
+    if decode == "auto":
+        decode = "indices" if mode in index_modes else "palette"
+    if decode == "indices":
+        if mode in ("P", "PA"):
+            indices = np.asarray(img.convert("P") if mode == "PA" else img)
+        elif mode in ("L", "LA", "I", "I;16", "1"):
+            indices = np.asarray(img.getchannel(0) if mode == "LA" else img).astype(np.int64)
+        else:
+            raise ValueError(
+                f"{source}: decode='indices' needs an indexed (P) or greyscale image, but the file is {mode}; "
+                f"use decode='palette' for colour layouts"
+            )
+        return labels_from_indices(np.asarray(indices).astype(np.int64), label_set, source)
+    if decode == "palette":
+        if mode not in ("RGB", "RGBA", "P", "PA", "L", "LA"):
+            raise ValueError(f"{source}: cannot read colours from a {mode} image; save the layout as RGB PNG")
+        rgb = np.asarray(img.convert("RGB"))
+        return labels_from_rgb(rgb, label_set, source)
+    raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+
+
+class HeadSwapLoadLayout(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapLoadLayout",
+            display_name="Load Layout (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Loads a semantic layout (label map) from an image in the input folder. Indexed PNGs and "
+                "greyscale images hold class ids directly (255 = UNKNOWN, a hole to fill); RGB images must use "
+                "the exact colours of the chosen palette (as drawn by Layout Preview). Colours outside the "
+                "palette are an error, never rounded to the nearest class."
+            ),
+            inputs=[
+                io.Combo.Input("image", options=_input_images(), upload=io.UploadType.image),
+                io.Combo.Input(
+                    "label_set",
+                    options=list(LABEL_SETS),
+                    default="canonical8",
+                    tooltip="Numbering and palette of the layout: canonical8 (the pack's) or paper5 (the paper's figures).",
+                ),
+                io.Combo.Input(
+                    "decode",
+                    options=list(DECODE_MODES),
+                    default="auto",
+                    tooltip="auto: indexed/greyscale files hold class ids, colour files hold palette colours.",
+                ),
+            ],
+            outputs=[HeadSwapLayout.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def execute(cls, image: str, label_set: str, decode: str) -> io.NodeOutput:
+        path = folder_paths.get_annotated_filepath(image)
+        img = node_helpers.pillow(Image.open, path)
+        labels = decode_layout_image(img, label_set, decode, source=f"image {image!r}")
+        layout = SemanticLayout(labels[None], get_label_set(label_set))
+        preview = colorize(layout.labels, layout.label_set)
+        return io.NodeOutput(layout, ui=ui.PreviewImage(preview, cls=cls))
+
+    @classmethod
+    def fingerprint_inputs(cls, image: str, label_set: str, decode: str) -> str:
+        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    @classmethod
+    def validate_inputs(cls, image: str, label_set: str, decode: str) -> bool | str:
+        if not folder_paths.exists_annotated_filepath(image):
+            return f"image: file {image!r} is not in the input folder; upload it or pick another file"
+        return True
+
+
+class HeadSwapLayoutPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapLayoutPreview",
+            display_name="Layout Preview (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Draws a layout in its palette colours (UNKNOWN in white), optionally blended over an image of the "
+                "same size, shows it and returns it as IMAGE."
+            ),
+            inputs=[
+                HeadSwapLayout.Input("layout"),
+                io.Image.Input("image", optional=True, tooltip="Optional photo to draw the layout over (same size)."),
+                io.Float.Input(
+                    "opacity",
+                    default=0.5,
+                    min=0.0,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="Opacity of the colours over the image (used only when an image is connected).",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, layout: SemanticLayout, opacity: float, image: torch.Tensor | None = None) -> io.NodeOutput:
+        colours = colorize(layout.labels, layout.label_set)
+        if image is not None:
+            if tuple(image.shape[1:3]) != (layout.height, layout.width):
+                raise ValueError(
+                    f"image is {image.shape[2]}×{image.shape[1]} but the layout is {layout.width}×{layout.height}; "
+                    f"preview the layout over an image of the same size"
+                )
+            colours, photo = broadcast_batches(("layout", colours), ("image", image[..., :3].to(colours)))
+            colours = photo * (1.0 - opacity) + colours * opacity
+        return io.NodeOutput(colours, ui=ui.PreviewImage(colours, cls=cls))
+
+
+class HeadSwapLayoutToMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapLayoutToMask",
+            display_name="Layout to Mask (HeadSwap)",
+            category=CATEGORY,
+            description="A MASK that is 1 where the layout has one of the chosen classes, for core mask nodes.",
+            inputs=[
+                HeadSwapLayout.Input("layout"),
+                io.String.Input(
+                    "classes",
+                    default="head",
+                    tooltip=(
+                        "Comma-separated class names (e.g. 'hair, face'), groups (head, neck, body, person, "
+                        "background), 'unknown', or class ids."
+                    ),
+                ),
+            ],
+            outputs=[io.Mask.Output(display_name="mask")],
+        )
+
+    @classmethod
+    def execute(cls, layout: SemanticLayout, classes: str) -> io.NodeOutput:
+        ids = resolve_class_selection(classes, layout.label_set)
+        return io.NodeOutput(layout.mask_of(ids))
+
+
+NODES = [HeadSwapLoadLayout, HeadSwapLayoutPreview, HeadSwapLayoutToMask]

@@ -1,0 +1,164 @@
+"""UI-format (litegraph, schema 0.4) workflows ↔ API-format prompts, driven by /object_info.
+
+``ui_to_api`` mirrors what the frontend does when it queues a workflow, so a test can check that a
+template in ``workflows/`` is exactly the graph its API twin in ``tests/e2e/prompts/`` runs.
+``api_to_ui`` lays out an API prompt as a UI workflow (used by scripts/make_workflow.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _input_specs(info: dict) -> list[tuple[str, list]]:
+    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
+    return [
+        (name, info["input"][section][name]) for section in ("required", "optional") for name in order.get(section, [])
+    ]
+
+
+def _is_widget(spec: list) -> bool:
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
+
+
+def _extra_widget_values(spec: list) -> int:
+    """Widget values the frontend stores after this widget (seed control, upload button)."""
+    options = spec[1] if len(spec) > 1 else {}
+    return int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    if workflow.get("version") != 0.4:
+        raise ValueError(f"expected a UI workflow of schema version 0.4, got {workflow.get('version')!r}")
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node.get("mode", 0) != 0:
+            raise ValueError(
+                f"node {node['id']} ({node['type']}) is muted or bypassed; templates keep every node active"
+            )
+        if node["type"] not in object_info:
+            raise KeyError(f"node type {node['type']!r} is not registered")
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name, spec in _input_specs(object_info[node["type"]]):
+            if not _is_widget(spec):
+                continue
+            if not values:
+                raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
+            value = values.pop(0)
+            del values[: _extra_widget_values(spec)]
+            if name not in linked:
+                inputs[name] = value
+        if values:
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values too many: {values}")
+        for name, link_id in linked.items():
+            _, origin, origin_slot, target, _, _ = links[link_id]
+            assert target == node["id"], f"link {link_id} does not end at node {node['id']}"
+            inputs[name] = [str(origin), origin_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def _depths(prompt: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in depth:
+            parents = [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((visit(p) for p in parents), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id)
+    return depth
+
+
+def api_to_ui(prompt: dict, object_info: dict) -> dict:
+    """Lay out an API prompt (integer-string ids) as a UI workflow: one column per graph depth.
+
+    ``_meta.title`` of a prompt node becomes the UI node's title.
+    """
+    depth = _depths(prompt)
+    ids = sorted(prompt, key=lambda i: (depth[i], int(i)))
+    nodes, links = [], []
+    out_links: dict[tuple[str, int], list[int]] = defaultdict(list)
+    column_y: dict[int, float] = defaultdict(float)
+    for order, node_id in enumerate(ids):
+        entry = prompt[node_id]
+        info = object_info[entry["class_type"]]
+        inputs, widgets = [], []
+        for name, spec in _input_specs(info):
+            value = entry["inputs"].get(name)
+            if isinstance(value, list):
+                link_id = len(links) + 1
+                origin, slot = value
+                origin_info = object_info[prompt[origin]["class_type"]]
+                kind = origin_info["output"][slot]
+                links.append([link_id, int(origin), slot, int(node_id), len(inputs), kind])
+                out_links[(origin, slot)].append(link_id)
+                socket = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": link_id}
+                if _is_widget(spec):
+                    socket["widget"] = {"name": name}
+                    widgets.append(_widget_default(spec))
+                inputs.append(socket)
+            elif _is_widget(spec):
+                widgets.append(value if name in entry["inputs"] else _widget_default(spec))
+                options = spec[1] if len(spec) > 1 else {}
+                if options.get("control_after_generate"):
+                    widgets.append("fixed")
+                if options.get("image_upload"):
+                    widgets.append("image")
+            else:
+                inputs.append({"name": name, "type": spec[0], "link": None})
+        height = 46 + 26 * (len(widgets) + max(len(inputs), len(info["output"])))
+        node = {
+            "id": int(node_id),
+            "type": entry["class_type"],
+            "pos": [40 + 360 * depth[node_id], 40 + column_y[depth[node_id]]],
+            "size": [320, height],
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": [],
+            "properties": {"Node name for S&R": entry["class_type"]},
+            "widgets_values": widgets,
+        }
+        if entry.get("_meta", {}).get("title"):
+            node["title"] = entry["_meta"]["title"]
+        column_y[depth[node_id]] += height + 60
+        nodes.append(node)
+    for node in nodes:
+        info = object_info[node["type"]]
+        node["outputs"] = [
+            {"name": name, "type": kind, "links": out_links.get((str(node["id"]), slot), []), "slot_index": slot}
+            for slot, (name, kind) in enumerate(zip(info["output_name"], info["output"], strict=True))
+        ]
+    return {
+        "last_node_id": max(int(i) for i in prompt),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def _widget_default(spec: list):
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    kind = spec[0]
+    if isinstance(kind, list):
+        return kind[0] if kind else ""
+    if kind == "COMBO":
+        return (options.get("options") or [""])[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[kind]
