@@ -98,8 +98,8 @@ def encode_sources(vae, head_image, head_mask, body_image, body_mask):
     # Head over body (head on top), grey where the model generates: core InpaintModelConditioning's image.
     union = head_keep + body_keep * (1.0 - head_keep)
     canvas = body_image * (1.0 - head_keep[..., None]) + head_image * head_keep[..., None]
-    generated = (1.0 - union).round()[..., None]
-    canvas = canvas * (1.0 - generated) + 0.5 * generated
+    kept = 1.0 - (1.0 - union).round()[..., None]
+    canvas = (canvas - 0.5) * kept + 0.5  # core's arithmetic, so the encoded canvas matches it bit for bit
     return (
         head_latent,
         keep_mask_to_latent(head_keep, size),
@@ -132,10 +132,10 @@ class HeadSwapEncodeSources(io.ComfyNode):
                 io.Mask.Input("body_mask", tooltip="1 where the body source is kept, at image size."),
             ],
             outputs=[
-                io.Latent.Output("head_latent", display_name="head_latent"),
-                io.Mask.Output("head_mask", display_name="head_mask"),
-                io.Latent.Output("body_latent", display_name="body_latent"),
-                io.Mask.Output("body_mask", display_name="body_mask"),
+                io.Latent.Output(display_name="head_latent"),
+                io.Mask.Output(display_name="head_mask"),
+                io.Latent.Output(display_name="body_latent"),
+                io.Mask.Output(display_name="body_mask"),
             ],
         )
 

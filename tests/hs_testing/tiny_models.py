@@ -12,7 +12,7 @@ import torch
 TINY_UNET = {
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
     "adm_in_channels": None, "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
-    "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "transformer_depth": [0, 1], "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1,
     "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 2,
     "use_temporal_attention": False, "use_temporal_resblock": False,
 }  # fmt: skip
