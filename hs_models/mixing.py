@@ -191,15 +191,24 @@ def fusion_active(step: int, steps: int, schedule: MixSchedule) -> bool:
     return schedule.fusion_start - 1e-9 <= position < schedule.fusion_end - 1e-9
 
 
-def transition_at(keep: torch.Tensor, step: int, steps: int, schedule: MixSchedule) -> torch.Tensor | None:
-    """(B,1,h,w) transition mask (1 = generate) used at ``step``; None when no fusion happens at that step."""
+def transition_at(
+    keep: torch.Tensor, step: int, steps: int, schedule: MixSchedule, dilated: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """(B,1,h,w) transition mask (1 = generate) used at ``step``; None when no fusion happens at that step.
+
+    ``dilated`` may hold this step's stage of ``1 − keep`` already dilated. Thresholding by noise level comes
+    after the (grey) dilation: a max filter commutes with thresholds, so one dilation serves a whole stage.
+    """
     if not fusion_active(step, steps, schedule):
         return None
+    transition = dilated
+    if transition is None:
+        transition = 1.0 - keep
+        if schedule.dilation:
+            transition = dilate(transition, schedule.dilation[dilation_stage(step, steps, len(schedule.dilation))])
     if schedule.soft_masks == "by noise level":
-        keep = (keep > step / steps).to(keep.dtype)
-    transition = 1.0 - keep
-    if schedule.dilation:
-        transition = dilate(transition, schedule.dilation[dilation_stage(step, steps, len(schedule.dilation))])
+        # keep value v is kept while the position i / steps is below v, i.e. generated once 1 − v ≥ 1 − i / steps
+        transition = (transition >= 1.0 - step / steps).to(keep.dtype)
     return transition
 
 
@@ -223,17 +232,14 @@ class MixPlan:
         self.steps = max(len(self.sigmas) - 1, 1)
         self.schedule = schedule
         self.keep = keep
-        cache: dict[tuple, torch.Tensor | None] = {}
-        self._transitions: list[torch.Tensor | None] = []
-        for i in range(self.steps):
-            key = (
-                fusion_active(i, self.steps, schedule),
-                dilation_stage(i, self.steps, len(schedule.dilation)) if schedule.dilation else 0,
-                i if schedule.soft_masks == "by noise level" else 0,
+        stages = len(schedule.dilation)
+        dilated = [dilate(1.0 - keep, radius) for radius in schedule.dilation] or [1.0 - keep]
+        self._transitions: list[torch.Tensor | None] = [
+            transition_at(
+                keep, i, self.steps, schedule, dilated[dilation_stage(i, self.steps, stages) if stages else 0]
             )
-            if key not in cache:
-                cache[key] = transition_at(keep, i, self.steps, schedule)
-            self._transitions.append(cache[key])
+            for i in range(self.steps)
+        ]
         self.final_keep = final_keep(keep, schedule)
 
     def step_of(self, sigma: torch.Tensor | float) -> int:

@@ -72,7 +72,7 @@ class SourceSet:
         return tuple(self.latents[0].shape[-2:])
 
     def layered(self, init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(composite, keep) for a (B,C,h,w) init latent whose batch is this set's batch or a multiple of 1."""
+        """(composite, keep) over a (B,C,h,w) init latent; the sources' batch must be 1 or B."""
         batch = init.shape[0]
         if self.batch not in (1, batch):
             raise ValueError(

@@ -37,9 +37,10 @@ def init_random(module: torch.nn.Module, seed: int, gain: float = 1.0) -> torch.
     return module
 
 
-def tiny_model(channels: int = 4, inpaint: bool = False, seed: int = 0):
-    """A ModelPatcher around a tiny SD1.5-family BaseModel (ε-prediction, SD1.5 noise schedule).
+def tiny_model(channels: int = 4, inpaint: bool = False, seed: int = 0, family: str = "sd15"):
+    """A ModelPatcher around a tiny BaseModel of an SD family (ε-prediction, the family's noise schedule).
 
+    family "sd15" or "sdxl" (SDXL's model class: size and pooled-text embeddings, its latent format).
     channels=3 gives a 3-channel latent format (scale 1.0), shaped like the HeadSwap diffusion model's.
     inpaint=True gives the 9-channel inpainting variant (concat mask + masked image).
     """
@@ -49,7 +50,14 @@ def tiny_model(channels: int = 4, inpaint: bool = False, seed: int = 0):
     import comfy.supported_models
 
     unet = dict(TINY_UNET, in_channels=channels + (channels + 1 if inpaint else 0), out_channels=channels)
-    if channels == 4:
+    if family == "sdxl":
+
+        class TinySDXL(comfy.supported_models.SDXL):
+            unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+
+        unet.update(num_classes="sequential", adm_in_channels=2816, use_linear_in_transformer=True)
+        config = TinySDXL(unet)
+    elif channels == 4:
         config = comfy.supported_models.SD15(unet)
     else:
 
@@ -86,7 +94,8 @@ def tiny_vae(channels: int = 4, downscale: int = 8, seed: int = 0):
     return vae
 
 
-def conditioning(batch: int = 1, tokens: int = 4, seed: int = 0, dim: int = CONTEXT_DIM) -> list:
-    """A CONDITIONING with a random text embedding of the tiny UNet's context size."""
+def conditioning(batch: int = 1, tokens: int = 4, seed: int = 0, dim: int = CONTEXT_DIM, pooled: int = 0) -> list:
+    """A CONDITIONING with a random text embedding of the tiny UNet's context size (and a pooled one for SDXL)."""
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(batch, tokens, dim, generator=g), {}]]
+    extra = {"pooled_output": torch.randn(batch, pooled, generator=g)} if pooled else {}
+    return [[torch.randn(batch, tokens, dim, generator=g), extra]]

@@ -390,3 +390,21 @@ def test_ddim_uniform_scheduler_uses_ldm_ddim_timesteps(sd_like):
         sigmas = comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps)
         timesteps = sorted(round(float(sampling.timestep(s))) for s in sigmas[:-1])
         assert timesteps == ddim_timesteps(steps)
+
+
+def test_sdxl_family_model_matches_core_inpainting_and_keeps_the_sources(pack_nodes, sd_like):
+    import nodes
+
+    model = tiny_model(channels=4, seed=6, family="sdxl")
+    encoded = head_latent, head_keep, body_latent, body_keep = _encode(pack_nodes, sd_like[1])
+    positive, negative = conditioning(seed=10, pooled=1280), conditioning(seed=11, pooled=1280)
+    composite = body_latent["samples"] * body_keep[:, None] + head_latent["samples"] * head_keep[:, None]
+    latent = {"samples": composite, "noise_mask": 1.0 - head_keep - body_keep}
+    core = nodes.KSampler().sample(model, 3, 2, 4.0, "euler", "normal", positive, negative, latent, 1.0)[0]
+    ours = _ksampler(pack_nodes, model, encoded, final_fusion=False, positive=positive, negative=negative)
+    assert torch.equal(ours["samples"], core["samples"])
+    fresh = _ksampler(pack_nodes, model, encoded, noise_mode="fresh", positive=positive, negative=negative)["samples"]
+    head, body, _ = _regions(encoded, fresh)
+    assert torch.equal(fresh[head], head_latent["samples"][head]) and torch.equal(
+        fresh[body], body_latent["samples"][body]
+    )
