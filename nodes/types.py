@@ -3,8 +3,19 @@
 ``HEADSWAP_LAYOUT`` carries a :class:`hs_models.layout.SemanticLayout`:
     labels     (B,H,W) int64 on the CPU; class ids of ``label_set`` or 255 (UNKNOWN, a hole to fill)
     label_set  a :class:`hs_models.labels.LabelSet` (name, class names, palette, semantic groups)
+
+``HEADSWAP_TRANSFORM`` carries a :class:`hs_models.alignment.HeadTransform`:
+    matrix     (B,2,3) float64: head-image pixel coordinates → body-canvas pixel coordinates
+               (pixel centres at integers); ``.inverse()`` gives the body → head transform
+    head_size, body_size   (H, W) of the two canvases
+    details    one dict per image: mode, scale and rotation estimates, clamping
+
+``POSE_KEYPOINT`` is the OpenPose JSON that pose-estimator packs (ControlNet aux, DWPose) output: a list
+with one ``{"people": [{"pose_keypoints_2d": [x, y, c, …]}], "canvas_width", "canvas_height"}`` per image.
 """
 
 from comfy_api.latest import io
 
 HeadSwapLayout = io.Custom("HEADSWAP_LAYOUT")
+HeadSwapTransform = io.Custom("HEADSWAP_TRANSFORM")
+PoseKeypoint = io.Custom("POSE_KEYPOINT")
