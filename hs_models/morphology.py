@@ -18,9 +18,21 @@ import torch.nn.functional as F
 
 
 def class_mask(labels: torch.Tensor, class_ids) -> torch.Tensor:
-    """(B,H,W) bool: where ``labels`` (ids 0..255) is one of ``class_ids``; a table lookup, faster than isin."""
+    """(B,H,W) bool: where ``labels`` (ids 0..255) is one of ``class_ids``.
+
+    A few equality tests beat both ``torch.isin`` and a table lookup (gathers are slow on the CPU);
+    longer lists use the lookup.
+    """
+    ids = sorted(set(int(i) for i in class_ids))
+    if not ids:
+        return torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    if len(ids) <= 4:
+        mask = labels == ids[0]
+        for i in ids[1:]:
+            mask |= labels == i
+        return mask
     table = torch.zeros(256, dtype=torch.bool, device=labels.device)
-    table[torch.as_tensor(list(class_ids), dtype=torch.int64, device=labels.device)] = True
+    table[torch.tensor(ids, dtype=torch.int64, device=labels.device)] = True
     return table[labels]
 
 

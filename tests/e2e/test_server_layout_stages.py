@@ -6,22 +6,33 @@ The photos ship inside registry packages (scikit-image, matplotlib); their layou
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from PIL import Image
 
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, UNKNOWN_COLOR
 from comfyui_hs_diffusion.hs_models.layout import labels_from_rgb
+from hs_testing import PACK_DIR
 from hs_testing.layouts import ID, astronaut, grace_hopper, palette_png
 from hs_testing.server import error_message
 
 ALIGN = {"mode": "auto", "scale_min": 0.5, "scale_max": 2.0, "max_rotation": 0.0, "scale_nudge": 1.0, "offset_x": 0, "offset_y": 0}  # fmt: skip
 
 
-def write_inputs(server, prefix: str = "e2e_") -> dict:
+TEMPLATE_INPUTS = {
+    "head": "head.png",
+    "body": "body.png",
+    "head_layout": "head_layout.png",
+    "body_layout": "body_layout.png",
+}
+
+
+def write_inputs(server, prefix: str = "e2e_", names: dict | None = None) -> dict:
     """Save both photos and their palette layouts into the server's input folder."""
     body_photo, body_labels = astronaut()
     head_photo, head_labels = grace_hopper()
-    names = {
+    names = names or {
         "head": f"{prefix}grace.png",
         "body": f"{prefix}astronaut.png",
         "head_layout": f"{prefix}grace_layout.png",
@@ -137,3 +148,20 @@ def test_mismatched_layout_and_image_is_named(comfy_server):
     assert entry["status"]["status_str"] == "error"
     assert "head_image is 512×512 but head_layout is 512×600" in error_message(entry)
     assert comfy_server.alive()
+
+
+def test_layout_stages_template_runs_on_the_photos(comfy_server):
+    """workflows/headswap_layout_stages.json (through its API twin) on Grace Hopper and the astronaut."""
+    write_inputs(comfy_server, names=TEMPLATE_INPUTS)  # the file names the template's loaders show
+    twin = json.loads((PACK_DIR / "tests" / "e2e" / "prompts" / "headswap_layout_stages.api.json").read_text())
+    entry = comfy_server.run(twin)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    assert entry["outputs"]["6"]["text"][0].startswith("image 0: layout")
+    composite = np.asarray(Image.open(comfy_server.output_files(entry, "13")[0]).convert("RGB"))
+    transition = read_mask(comfy_server.output_files(entry, "14")[0])
+    body_photo, _ = astronaut()
+    # the preview pastes only the kept head: the body photo is untouched wherever pixels are generated
+    assert (composite[transition] == body_photo[transition]).all()
+    assert (composite != body_photo).any(axis=-1).sum() > 5000  # and the head did land
+    for node in ("8", "10"):
+        assert entry["outputs"][node]["images"]

@@ -91,13 +91,12 @@ def test_keypoints_through_the_node(pack_nodes):
         (300, 300),
         SIZE,
     )
-    pose = lambda d: [
-        {
-            "people": [{"pose_keypoints_2d": d.keypoints.reshape(-1).tolist()}],
-            "canvas_width": d.labels.shape[1],
-            "canvas_height": d.labels.shape[0],
-        }
-    ]  # noqa: E731
+
+    def pose(drawn):
+        height, width = drawn.labels.shape
+        keypoints = drawn.keypoints.reshape(-1).tolist()
+        return [{"people": [{"pose_keypoints_2d": keypoints}], "canvas_width": width, "canvas_height": height}]
+
     out = pack_nodes["HeadSwapNeckAlign"].execute(
         head_image=photos(pair.head),
         head_layout=pair.head_layout,

@@ -1,5 +1,6 @@
 """Layout blending, weight-free inpainting and semantic calibration on drawn figures (method.md §5–§7)."""
 
+import functools
 import logging
 
 import pytest
@@ -10,7 +11,7 @@ from comfyui_hs_diffusion.hs_models.alignment import AlignmentOptions, estimate_
 from comfyui_hs_diffusion.hs_models.blending import blend_layouts, pixels_for
 from comfyui_hs_diffusion.hs_models.calibration import calibrate_masks
 from comfyui_hs_diffusion.hs_models.inpainting import inpaint_layout
-from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN
+from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN, get_label_set
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
 from comfyui_hs_diffusion.hs_models.morphology import dilate
 from comfyui_hs_diffusion.hs_models.synthetic import Placement, random_figure
@@ -20,7 +21,13 @@ SIZE = (384, 384)
 
 
 def swap_cases(label_set=CANONICAL, seed=30):
-    """Four different people: the heads of two of them over the bodies of the others, aligned."""
+    """Four people's heads aligned over four other people's bodies (cached: tests never modify them)."""
+    return _swap_cases(label_set.name, seed)
+
+
+@functools.cache
+def _swap_cases(label_set_name, seed):
+    label_set = get_label_set(label_set_name)
     g = torch.Generator().manual_seed(seed)
     heads = [random_figure(g), random_figure(g, long_hair=60.0), random_figure(g, hat=True), random_figure(g)]
     bodies = [random_figure(g, long_hair=80.0), random_figure(g), random_figure(g), random_figure(g, neck_cover="hair")]
@@ -148,8 +155,9 @@ def test_inpainting_logs_images_without_a_neck(caplog):
     assert "no neck drawn for image(s) [0]" in caplog.text
 
 
-def pipeline(label_set=CANONICAL):
-    head, body = swap_cases(label_set)
+@functools.cache
+def pipeline():
+    head, body = swap_cases()
     blended = blend_layouts(head, body)
     completed = inpaint_layout(blended.layout).layout
     return body, blended, completed
