@@ -588,13 +588,9 @@ def warp_head(image: torch.Tensor, layout: SemanticLayout, transform: HeadTransf
         return WarpedHead(
             pixels.movedim(1, -1).contiguous(), SemanticLayout(labels.cpu().clone(), layout.label_set), valid
         )
-    warped = kornia.geometry.transform.warp_affine(
-        pixels, matrix, dsize=(height, width), mode="bilinear", padding_mode="zeros", align_corners=True
-    )
+    warped = _warp(pixels, matrix, (height, width), "bilinear")
     label_planes = torch.stack([labels.to(torch.float32), torch.ones_like(labels, dtype=torch.float32)], dim=1)
-    warped_labels = kornia.geometry.transform.warp_affine(
-        label_planes, matrix, dsize=(height, width), mode="nearest", padding_mode="zeros", align_corners=True
-    )
+    warped_labels = _warp(label_planes, matrix, (height, width), "nearest")
     valid = warped_labels[:, 1] > 0.5
     new_labels = torch.where(valid, warped_labels[:, 0].round().to(torch.int64), UNKNOWN)
     warped = warped * valid[:, None]
@@ -603,3 +599,35 @@ def warp_head(image: torch.Tensor, layout: SemanticLayout, transform: HeadTransf
         SemanticLayout(new_labels.cpu(), layout.label_set),
         valid.to(torch.float32),
     )
+
+
+def _warp(planes: torch.Tensor, matrix: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """kornia's affine warp of (B,C,H,W) planes; ``matrix`` maps source to target pixel coordinates."""
+    return kornia.geometry.transform.warp_affine(
+        planes, matrix, dsize=size, mode=mode, padding_mode="zeros", align_corners=True
+    )
+
+
+def warp_image(
+    image: torch.Tensor, transform: HeadTransform, mode: str = "bilinear"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp a (B,H,W,C) image from the transform's source canvas onto its target canvas.
+
+    Returns the warped image (0 outside the source) and the (B,H,W) float32 mask of the pixels the
+    source covers. With ``transform.inverse()`` this maps results on the body canvas back onto the
+    head photo.
+    """
+    if tuple(image.shape[1:3]) != transform.head_size:
+        raise ValueError(
+            f"image is {image.shape[2]}×{image.shape[1]} but the transform starts from a "
+            f"{transform.head_size[1]}×{transform.head_size[0]} canvas"
+        )
+    batch = transform.batch_size
+    pixels = image.movedim(-1, 1).to(torch.float32)
+    if pixels.shape[0] == 1 and batch > 1:
+        pixels = pixels.expand(batch, -1, -1, -1)
+    ones = torch.ones_like(pixels[:, :1])
+    matrix = transform.matrix.to(device=image.device, dtype=torch.float32)
+    warped = _warp(torch.cat([pixels, ones], dim=1), matrix, transform.body_size, mode)
+    valid = warped[:, -1] > 0.999 if mode == "bilinear" else warped[:, -1] > 0.5
+    return (warped[:, :-1] * valid[:, None]).movedim(1, -1).contiguous(), valid.to(torch.float32)

@@ -6,7 +6,8 @@
 
 ``HEADSWAP_TRANSFORM`` carries a :class:`hs_models.alignment.HeadTransform`:
     matrix     (B,2,3) float64: head-image pixel coordinates → body-canvas pixel coordinates
-               (pixel centres at integers); ``.inverse()`` gives the body → head transform
+               (pixel centres at integers); ``.inverse()`` gives the body → head transform and
+               ``hs_models.alignment.warp_image(image, transform)`` applies one to an IMAGE
     head_size, body_size   (H, W) of the two canvases
     details    one dict per image: mode, scale and rotation estimates, clamping
 

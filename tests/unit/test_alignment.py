@@ -13,6 +13,7 @@ from comfyui_hs_diffusion.hs_models.alignment import (
     measure_neck,
     pose_points,
     warp_head,
+    warp_image,
 )
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
@@ -278,3 +279,20 @@ def test_measure_neck_on_a_drawn_figure():
     assert abs(float(geometry.face_width[0]) - drawn.face_width) <= 2
     # the measured width is taken just under the chin, where the neck flares little
     assert 1.0 <= float(geometry.neck_width[0]) / drawn.neck_top_width <= 1.12
+
+
+def test_the_inverse_transform_maps_the_aligned_head_back_onto_its_photo():
+    figures, placements = random_cases(2, seed=23)
+    pair = same_person_pairs(figures, placements, head_size=(560, 480))
+    transform = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT)
+    head_photo = photos(pair.head)
+    on_body, covered = warp_image(head_photo, transform)
+    assert on_body.shape == (2, 512, 512, 3) and covered.shape == (2, 512, 512)
+    back, valid = warp_image(on_body, transform.inverse())
+    assert back.shape == head_photo.shape
+    # away from the borders of what made the round trip, the photo comes back up to interpolation error
+    inner = -torch.nn.functional.max_pool2d(-valid[:, None], 7, stride=1, padding=3)[:, 0] > 0
+    difference = (back - head_photo).abs().amax(-1)[inner]
+    assert int(inner.sum()) > 50_000 and float(difference.median()) < 0.01
+    with pytest.raises(ValueError, match=r"image is 512×512 but the transform starts from a 480×560 canvas"):
+        warp_image(torch.rand(1, 512, 512, 3), transform)
