@@ -40,9 +40,12 @@ LAYOUT_KEY = "hs_layout"  # conditioning entry: a SemanticLayout
 UNKNOWN_POLICY_KEY = "hs_unknown_labels"  # conditioning entry: "error" or "zeros"
 UNKNOWN_POLICIES = ("error", "zeros")
 WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Peak activation memory of one UNet step, MiB per 1000 latent pixels and batch element in float32 (measured
-# on the semantic_synthesis256 UNet with scripts/bench_ldm.py; BaseModel scales it by the dtype size).
-MEMORY_USAGE_FACTOR = 1.6
+# BaseModel reserves batch × latent area × dtype size × 0.01 × factor MiB per step. One float32 step of the
+# semantic_synthesis256 UNet peaked at 0.43 (512² image) to 0.75 (256²) of that on the CPU; 1.0 leaves a margin.
+MEMORY_USAGE_FACTOR = 1.0
+# VQ autoencoder working memory per full-resolution pixel, in units of ch × dtype size: the semantic_synthesis256
+# VQ-f4 (ch 128) peaked at about 10 KiB per pixel in float32 for encode and for decode at 512² on the CPU.
+VAE_MEMORY_PER_PIXEL = 20
 
 
 class HeadSwapLatentFormat(comfy.latent_formats.LatentFormat):
@@ -192,10 +195,11 @@ class HeadSwapVQVAE(comfy.sd.VAE):
     def __init__(self, vq: VQAutoencoder, ch: int):
         factor = vq.downscale_factor
         self.first_stage_model = vq.eval()
-        # per-image working memory, bytes: full-resolution activations of the widest blocks
-        self.memory_used_encode = lambda shape, dtype: shape[-2] * shape[-1] * ch * 10 * mm.dtype_size(dtype)
+        # per-image working memory in bytes (shape: pixels [B,C,H,W] for encode, latent [B,C,h,w] for decode)
+        per_pixel = ch * VAE_MEMORY_PER_PIXEL
+        self.memory_used_encode = lambda shape, dtype: shape[-2] * shape[-1] * per_pixel * mm.dtype_size(dtype)
         self.memory_used_decode = lambda shape, dtype: (
-            shape[-2] * shape[-1] * factor * factor * ch * 12 * mm.dtype_size(dtype)
+            shape[-2] * shape[-1] * factor * factor * per_pixel * mm.dtype_size(dtype)
         )
         self.downscale_ratio = self.upscale_ratio = factor
         self.latent_channels = vq.embed_dim

@@ -9,6 +9,7 @@ import comfy.model_management as mm
 import comfy.sample
 import comfy.samplers
 import comfy.sd
+import numpy as np
 import pytest
 import torch
 from comfy_extras import nodes_custom_sampler as custom
@@ -83,6 +84,39 @@ def test_loader_outputs_core_types(loaded):
     assert layers and all(hasattr(m, "comfy_cast_weights") for m in layers)
     assert model.model.num_classes == 5
     assert vae.downscale_ratio == 4 and vae.latent_channels == 3 and vae.vae_dtype == torch.float32
+
+
+def test_latent_previews_use_the_rgb_factors(loaded, ref):
+    import latent_preview
+
+    latent_format = loaded["ema"][0].get_model_object("latent_format")
+    previewer = latent_preview.Latent2RGBPreviewer(
+        latent_format.latent_rgb_factors, latent_format.latent_rgb_factors_bias
+    )
+    preview = previewer.decode_latent_to_preview(ref["fs_h"].clamp(-1, 1))
+    assert preview.size == (16, 16)
+    expected_rgb = ((ref["fs_h"][0].clamp(-1, 1) + 1) / 2 * 255).permute(1, 2, 0)
+    assert (torch.tensor(np.array(preview.convert("RGB")), dtype=torch.float32) - expected_rgb).abs().max() <= 1
+
+
+def test_fp16_weights_with_manual_cast_keep_parity(pack_nodes, model_dir, conditioning, ref):
+    """fp16 storage (the fixture's weights are exact in fp16) with ComfyUI's manual cast to fp32 on the CPU."""
+    model = (
+        pack_nodes["HeadSwapDiffusionLoader"]
+        .execute(ckpt_name="tiny_live_fp16.safetensors", weights="auto", weight_dtype="fp16", quantize_on_decode=True)
+        .result[0]
+    )
+    base = model.model
+    assert base.get_dtype() == torch.float16 and base.manual_cast_dtype == torch.float32
+    assert next(base.diffusion_model.parameters()).dtype == torch.float16
+    mm.load_models_gpu([model])
+    sigmas = base.model_sampling.sigmas[ref["t"]]
+    alpha_bar = (1.0 / (1.0 + sigmas.double() ** 2)).float()
+    x = ref["x_noisy"] / alpha_bar.sqrt()[:, None, None, None]
+    denoised = base.apply_model(x, sigmas, c_concat=ref["cond"])
+    eps = (x - denoised) / sigmas[:, None, None, None]
+    assert _max_diff(eps, ref["eps_live"]) <= TOL_EPS
+    mm.unload_all_models()
 
 
 def test_schedule_matches_reference(loaded, ref):
