@@ -33,18 +33,30 @@ from benchlib import Measurement, load_comfy_and_pack, measure, print_ratio  # n
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def interleaved(named, repeat: int, device) -> list[Measurement]:
-    """Alternate the candidates run by run (one warm-up each), so load changes on a shared machine hit both."""
+def interleaved(named, repeat: int, device) -> tuple[list[Measurement], dict[str, float]]:
+    """Run the two candidates in alternating order (AB BA AB …, one warm-up each).
+
+    A shared machine's load drifts; alternating spreads it over both. Besides the medians (what
+    ``print_ratio`` compares) it returns two drift-robust ratios: of the fastest runs, and the median of
+    the per-round ratios.
+    """
     runs: dict[str, list[Measurement]] = {name: [] for name, _ in named}
     for _, fn in named:
         fn()
-    for _ in range(repeat):
-        for name, fn in named:
+    for round_index in range(repeat):
+        order = named if round_index % 2 == 0 else named[::-1]
+        for name, fn in order:
             runs[name].append(measure(name, fn, repeat=1, warmup=0, device=device))
-    return [
+    (base_name, base_runs), (cand_name, cand_runs) = runs.items()
+    robust = {
+        "fastest": min(m.seconds for m in cand_runs) / min(m.seconds for m in base_runs),
+        "paired": statistics.median(c.seconds / b.seconds for b, c in zip(base_runs, cand_runs, strict=True)),
+    }
+    medians = [
         Measurement(name, statistics.median(m.seconds for m in ms), max(m.peak_bytes for m in ms))
         for name, ms in runs.items()
     ]
+    return medians, robust
 
 
 def main() -> None:
@@ -52,7 +64,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="image sides in pixels")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp32 on CPU, fp16 on CUDA")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=6, help="runs per candidate (alternating)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
@@ -119,10 +131,13 @@ def main() -> None:
         agreement = float((eps_bare - eps_comfy).abs().max())
         print(f"\n{size}×{size} image, latent {side}×{side}, batch {args.batch} (max |ε difference| {agreement:.2e})")
         gc.collect()
-        base, comfy = interleaved(
+        (base, comfy), robust = interleaved(
             [("bare UNet module   ", baseline), ("ComfyUI apply_model", candidate)], args.repeat, device
         )
         print_ratio(comfy, base, goal_time=1.05 if device.type == "cpu" else None)
+        print(
+            f"  ratio time of the fastest runs {robust['fastest']:.3f}x, median of paired runs {robust['paired']:.3f}x"
+        )
         if device.type == "cuda":
             print(f"  absolute step time on {torch.cuda.get_device_name(device)}: {comfy.seconds * 1000:.1f} ms")
         tau_time = measure(
