@@ -200,20 +200,20 @@ def test_vae_without_quantisation_and_tiled_nodes(pack_nodes, model_dir, loaded,
     decoded = core_nodes.VAEDecode().decode(vae, {"samples": ref["fs_h"]})[0]
     expected_image = ((ref["fs_decode_not_quantized"] + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     assert _max_diff(decoded, expected_image) <= TOL_DECODE
-    # tiled variants on a 160×96 image: with one tile per pass they equal the untiled result; with small tiles
+    # tiled variants on a 128×80 image: with one tile per pass they equal the untiled result; with small tiles
     # they run through core's tiler (the decoder's global attention then sees less context, as for any VAE)
-    image = torch.rand(2, 96, 160, 3)
+    image = torch.rand(1, 80, 128, 3)
     plain = core_nodes.VAEEncode().encode(vae, image)[0]["samples"]
-    assert plain.shape == (2, 3, 24, 40)
-    whole = core_nodes.VAEEncodeTiled().encode(vae, image, 320, 0, 64, 8)[0]["samples"]
+    assert plain.shape == (1, 3, 20, 32)
+    whole = core_nodes.VAEEncodeTiled().encode(vae, image, 256, 0, 64, 8)[0]["samples"]
     assert _max_diff(whole, plain) <= TOL_DECODE
     tiled = core_nodes.VAEEncodeTiled().encode(vae, image, 64, 16, 64, 8)[0]["samples"]
     assert tiled.shape == plain.shape and torch.isfinite(tiled).all()
     untiled = core_nodes.VAEDecode().decode(vae, {"samples": plain})[0]
-    whole = core_nodes.VAEDecodeTiled().decode(vae, {"samples": plain}, 320, 0, 64, 8)[0]
+    whole = core_nodes.VAEDecodeTiled().decode(vae, {"samples": plain}, 256, 0, 64, 8)[0]
     assert _max_diff(whole, untiled) <= TOL_DECODE
     images = core_nodes.VAEDecodeTiled().decode(vae, {"samples": plain}, 64, 32, 64, 8)[0]
-    assert images.shape == (2, 96, 160, 3) and images.min() >= 0 and images.max() <= 1
+    assert images.shape == (1, 80, 128, 3) and images.min() >= 0 and images.max() <= 1
     # encode crops to multiples of 4 like every core VAE
     assert core_nodes.VAEEncode().encode(vae, torch.rand(1, 66, 67, 3))[0]["samples"].shape == (1, 3, 16, 16)
 
