@@ -24,6 +24,7 @@ import argparse
 import gc
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,29 +35,39 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def interleaved(named, repeat: int, device) -> tuple[list[Measurement], dict[str, float]]:
-    """Run the two candidates in alternating order (AB BA AB …, one warm-up each).
+    """Time two candidates in alternating order (AB BA AB …, one warm-up each), then their peak memory.
 
-    A shared machine's load drifts; alternating spreads it over both. Besides the medians (what
-    ``print_ratio`` compares) it returns two drift-robust ratios: of the fastest runs, and the median of
-    the per-round ratios.
+    A shared machine's load drifts; alternating spreads it over both. Besides the median wall times (what
+    ``print_ratio`` compares) it returns drift-robust ratios: of the fastest runs, the median of the per-round
+    ratios, and of the median process CPU times (on the CPU, time other processes take is not counted).
     """
-    runs: dict[str, list[Measurement]] = {name: [] for name, _ in named}
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    wall: dict[str, list[float]] = {name: [] for name, _ in named}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in named}
     for _, fn in named:
         fn()
     for round_index in range(repeat):
-        order = named if round_index % 2 == 0 else named[::-1]
-        for name, fn in order:
-            runs[name].append(measure(name, fn, repeat=1, warmup=0, device=device))
-    (base_name, base_runs), (cand_name, cand_runs) = runs.items()
+        for name, fn in named if round_index % 2 == 0 else named[::-1]:
+            gc.collect()
+            sync()
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[name].append(time.perf_counter() - start_wall)
+            cpu[name].append(time.process_time() - start_cpu)
+    peaks = {name: measure(name, fn, repeat=1, warmup=0, device=device).peak_bytes for name, fn in named}
+    (base, base_wall), (cand, cand_wall) = wall.items()
     robust = {
-        "fastest": min(m.seconds for m in cand_runs) / min(m.seconds for m in base_runs),
-        "paired": statistics.median(c.seconds / b.seconds for b, c in zip(base_runs, cand_runs, strict=True)),
+        "fastest": min(cand_wall) / min(base_wall),
+        "paired": statistics.median(c / b for b, c in zip(base_wall, cand_wall, strict=True)),
+        "cpu": statistics.median(cpu[cand]) / statistics.median(cpu[base]),
     }
-    medians = [
-        Measurement(name, statistics.median(m.seconds for m in ms), max(m.peak_bytes for m in ms))
-        for name, ms in runs.items()
-    ]
-    return medians, robust
+    return [Measurement(name, statistics.median(wall[name]), peaks[name]) for name, _ in named], robust
 
 
 def main() -> None:
@@ -136,7 +147,8 @@ def main() -> None:
         )
         print_ratio(comfy, base, goal_time=1.05 if device.type == "cpu" else None)
         print(
-            f"  ratio time of the fastest runs {robust['fastest']:.3f}x, median of paired runs {robust['paired']:.3f}x"
+            f"  ratio time of the fastest runs {robust['fastest']:.3f}x, median of paired runs {robust['paired']:.3f}x, "
+            f"process CPU time {robust['cpu']:.3f}x"
         )
         if device.type == "cuda":
             print(f"  absolute step time on {torch.cuda.get_device_name(device)}: {comfy.seconds * 1000:.1f} ms")
