@@ -56,6 +56,7 @@ class HeadSwapLatentFormat(comfy.latent_formats.LatentFormat):
     """
 
     latent_channels = 3
+    spacial_downscale_ratio = 4  # read by newer ComfyUI versions (e.g. to size empty latents); VQ-f4
 
     def __init__(self, scale_factor: float = 1.0):
         self.scale_factor = scale_factor
@@ -82,6 +83,7 @@ class HeadSwapDiffusionConfig(comfy.supported_models_base.BASE):
         }
         super().__init__(dict(ldm_config.unet))
         self.latent_format.scale_factor = diffusion["scale_factor"]
+        self.latent_format.spacial_downscale_ratio = ldm_config.vae_factor
 
     def model_type(self, state_dict=None, prefix=""):
         return comfy.model_base.ModelType.EPS
