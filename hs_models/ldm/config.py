@@ -204,12 +204,13 @@ def from_ldm_config(tree: Mapping[str, Any]) -> LDMConfig:
     conditioning = params.get("conditioning_key", "concat" if params.get("concat_mode", True) else "crossattn")
     if conditioning != "concat":
         raise ConfigError(f"conditioning_key is {conditioning!r}; the semantic-mixing LDM is concat-conditioned")
-    first_stage = params["first_stage_config"]
-    if "VQModel" not in str(first_stage.get("target", "VQModel")):
-        raise ConfigError(f"first stage {first_stage.get('target')!r} is not a VQ autoencoder (VQModelInterface)")
-    cond_stage = params.get("cond_stage_config", {})
-    if "SpatialRescaler" not in str(cond_stage.get("target", "SpatialRescaler")):
-        raise ConfigError(f"cond stage {cond_stage.get('target')!r} is not a SpatialRescaler layout encoder")
+    first_stage, cond_stage = params.get("first_stage_config"), params.get("cond_stage_config")
+    if not isinstance(first_stage, Mapping) or "VQModel" not in str(first_stage.get("target", "VQModel")):
+        target = first_stage.get("target") if isinstance(first_stage, Mapping) else first_stage
+        raise ConfigError(f"first stage {target!r} is not a VQ autoencoder (VQModelInterface)")
+    if not isinstance(cond_stage, Mapping) or "SpatialRescaler" not in str(cond_stage.get("target", "SpatialRescaler")):
+        target = cond_stage.get("target") if isinstance(cond_stage, Mapping) else cond_stage
+        raise ConfigError(f"cond stage {target!r} is not a SpatialRescaler layout encoder")
     fs = dict(first_stage.get("params", {}))
     fs.pop("lossconfig", None)
     for key in ("ckpt_path", "ignore_keys", "image_key", "colorize_nlabels", "monitor", "batch_resize_range"):

@@ -208,6 +208,10 @@ def test_config_rejects_what_the_model_cannot_represent(fixtures_dir):
     tree = {"model": {"params": {"unet_config": {"params": config.unet}, "conditioning_key": "crossattn"}}}
     with pytest.raises(ConfigError, match="concat-conditioned"):
         from_ldm_config(tree)
+    tree["model"]["params"].update(conditioning_key="concat", cond_stage_config="__is_unconditional__")
+    tree["model"]["params"]["first_stage_config"] = {"target": "ldm.models.autoencoder.VQModelInterface"}
+    with pytest.raises(ConfigError, match="cond stage '__is_unconditional__' is not a SpatialRescaler"):
+        from_ldm_config(tree)
 
 
 # ------------------------------------------------------------------------------------------------
