@@ -64,7 +64,8 @@ class HeadTransform:
         rot, t = self.matrix[:, :, :2], self.matrix[:, :, 2:]
         inv_rot = torch.linalg.inv(rot)
         inverse = torch.cat([inv_rot, -inv_rot @ t], dim=2)
-        return HeadTransform(inverse, self.body_size, self.head_size, tuple({"inverse_of": d} for d in self.details))
+        details = tuple({"mode": f"inverse of {d.get('mode', '?')}", "inverse_of": d} for d in self.details)
+        return HeadTransform(inverse, self.body_size, self.head_size, details)
 
     def apply(self, points: torch.Tensor) -> torch.Tensor:
         """Map (B,N,2) or (N,2) points (x, y) through the transforms."""

@@ -3,6 +3,7 @@
     python scripts/bench_layout.py            # 512² and 1024², batch 1 and 4 (the UNet at 1024² batch 4
                                               # takes minutes on a small CPU)
     python scripts/bench_layout.py --quick    # 512², batch 1 only (well under a minute of UNet time)
+    python scripts/bench_layout.py --threads 1   # both sides single-threaded (shared, busy machines)
 
 Stages (the nodes' ``execute``, as ComfyUI runs them): HeadSwapNeckAlign, HeadSwapLayoutBlend,
 HeadSwapLayoutInpaint, HeadSwapSemanticCalibration, on procedurally drawn half-body layouts (a
@@ -131,11 +132,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="512², batch 1 only")
     parser.add_argument("--repeat", type=int, default=5, help="timed repeats of the stages (the UNet runs once)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads for both sides (0 = torch's default). On a machine shared with other jobs, 1 "
+        "avoids thread-synchronisation stalls that inflate many small operations far more than a UNet's big ones",
+    )
     args = parser.parse_args()
     load_comfy_and_pack(cpu=True)
     import importlib
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     pack = importlib.import_module("comfyui_hs_diffusion.nodes")
     nodes = {node.GET_SCHEMA().node_id: node for node in pack.NODES}

@@ -228,6 +228,7 @@ def test_inverse_and_mode_none():
     points = torch.rand(2, 5, 2, dtype=torch.float64) * 400
     assert torch.allclose(transform.inverse().apply(transform.apply(points)), points, atol=1e-9)
     assert transform.inverse().head_size == (512, 512)
+    assert transform.inverse().describe().startswith("image 0: inverse of layout, scale ")
     none = estimate_alignment(pair.head_layout, pair.body_layout, AlignmentOptions(mode="none"))
     # fitted by height: 600 → 512, centred horizontally
     assert abs(float(none.scales[0]) - 512 / 600) < 1e-12
