@@ -42,7 +42,7 @@ FACE_ID = CANONICAL.index("face")
 BACKGROUND_ID = CANONICAL.index("background")
 
 RunNetwork = Callable[[torch.Tensor], torch.Tensor]
-"""(n,3,S,S) float32 RGB in 0..1 on the CPU → (n,S,S) int64 canonical8 labels on the CPU."""
+"""(n,3,S,S) float32 RGB in 0..1 on the CPU (possibly a strided view) → (n,S,S) int64 canonical8 labels."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def box_canvas(rgb: torch.Tensor, box: Box, size: int, fill: Sequence[float]) ->
     """(H,W,3) image → (3,size,size) canvas of ``box``; outside the image the canvas has the ``fill`` colour."""
     height, width = rgb.shape[:2]
     if box == Box(0, 0, size) and height == width == size:
-        return rgb.permute(2, 0, 1).contiguous()
+        return rgb.permute(2, 0, 1)  # a view: torch.stack makes the one copy the batch needs
     canvas = torch.tensor(fill, dtype=torch.float32).view(3, 1, 1).repeat(1, size, size)
     y0, y1, v0, v1 = _span(0, height, box.top, box.size, size)
     x0, x1, u0, u1 = _span(0, width, box.left, box.size, size)
@@ -186,12 +186,22 @@ def remove_small_regions(labels: torch.Tensor, min_area: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(filled))
 
 
-def has_face(labels: torch.Tensor) -> bool:
-    return int((labels == FACE_ID).sum()) >= MIN_FACE_FRACTION * labels.numel()
+def has_face(labels: torch.Tensor) -> torch.Tensor:
+    """(B,H,W) labels → (B,) bool: does the image show a face (at least ``MIN_FACE_FRACTION`` of it)?"""
+    return (labels == FACE_ID).flatten(1).sum(1) >= MIN_FACE_FRACTION * labels[0].numel()
 
 
 def clear_head(labels: torch.Tensor) -> None:
     labels[torch.isin(labels, torch.tensor(HEAD_IDS))] = BACKGROUND_ID
+
+
+def _canvases(rgb: torch.Tensor, chunk: list[tuple[int, Box]], size: int, fill: Sequence[float]) -> torch.Tensor:
+    """(n,3,S,S) canvases of a chunk; consecutive images already at S² are passed as a view, without a copy."""
+    first, last = chunk[0][0], chunk[-1][0]
+    identity = Box(0, 0, size)
+    if rgb.shape[1] == rgb.shape[2] == size and last - first + 1 == len(chunk) and all(b == identity for _, b in chunk):
+        return rgb[first : last + 1].permute(0, 3, 1, 2)
+    return torch.stack([box_canvas(rgb[i], box, size, fill) for i, box in chunk])
 
 
 def _run_boxes(
@@ -206,8 +216,7 @@ def _run_boxes(
 ) -> None:
     for start in range(0, len(items), chunk_size):
         chunk = items[start : start + chunk_size]
-        canvases = torch.stack([box_canvas(rgb[i], box, size, fill) for i, box in chunk])
-        box_labels = run_network(canvases)
+        box_labels = run_network(_canvases(rgb, chunk, size, fill))
         for (i, box), parsed in zip(chunk, box_labels, strict=True):
             paste_box_labels(labels[i], parsed, box)
         if on_chunk is not None:
@@ -257,12 +266,12 @@ def parse_images(
         result.cropped = [i for i, _ in crops]
 
     min_area = round(min_region_fraction * height * width)
-    for i in range(batch):
-        if min_area > 1:
+    if min_area > 1:
+        for i in range(batch):
             labels[i] = remove_small_regions(labels[i], min_area)
-        if not has_face(labels[i]):
-            clear_head(labels[i])
-            result.no_face.append(i)
+    result.no_face = [i for i, face in enumerate(has_face(labels).tolist()) if not face]
+    for i in result.no_face:
+        clear_head(labels[i])
     if result.no_face:
         listed = ", ".join(str(i + 1) for i in result.no_face[:8]) + (", …" if len(result.no_face) > 8 else "")
         logger.warning(

@@ -11,7 +11,6 @@ import re
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,20 +109,21 @@ def build_segformer(config: Mapping, sd: Mapping[str, torch.Tensor], source: str
     return model.eval()
 
 
-class SegformerLogits(nn.Module):
-    """Wraps a ``SegformerForSemanticSegmentation``: normalised (B,3,H,W) → (B,C,H,W) logits.
+class SegformerHead(nn.Module):
+    """Wraps a ``SegformerForSemanticSegmentation``: normalised (B,3,H,W) → (B,C,H/4,W/4) logits.
 
-    The decoder predicts at 1/4 resolution; the logits are upsampled bilinearly with
-    ``align_corners=False`` as in the model card's usage.
+    Full-resolution logits are a bilinear upsample with ``align_corners=False``, as in the model
+    card's usage.
     """
+
+    align_corners = False
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(pixel_values=x).logits
-        return F.interpolate(logits, x.shape[2:], mode="bilinear", align_corners=False)
+        return self.model(pixel_values=x).logits
 
 
 def preprocessing_from_config(preprocessor: Mapping | None) -> tuple[int, tuple, tuple]:

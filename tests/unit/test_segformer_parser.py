@@ -29,7 +29,7 @@ def test_segformer_folder_builds_and_matches_transformers(tmp_path):
     assert parser.canonical_class_names()[13] == "hair" and parser.canonical_class_names()[17] == "neck"
     reference = SegformerForSemanticSegmentation(SegformerConfig.from_dict(tiny_segformer_config())).eval()
     reference.load_state_dict(load_file(str(weights)), strict=True)
-    rgb = torch.rand(2, 3, 64, 64)
+    rgb = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     x = (rgb - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
         1, 3, 1, 1
     )
@@ -39,7 +39,9 @@ def test_segformer_folder_builds_and_matches_transformers(tmp_path):
         labels = parser(rgb)
     assert logits.shape == (2, 19, 64, 64)
     assert torch.allclose(logits, expected, atol=1e-5)
-    assert torch.equal(labels, parser.to_canonical[expected.argmax(1)])
+    top2 = expected.topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 1e-4  # the label path upsamples in another memory layout (~1e-6)
+    assert torch.equal(labels[decided], parser.to_canonical[expected.argmax(1)][decided])
 
 
 def test_transformers4_key_names_load_to_the_same_network(tmp_path):
@@ -49,7 +51,7 @@ def test_transformers4_key_names_load_to_the_same_network(tmp_path):
     old_weights = write_segformer_folder(tmp_path / "v4", config, sd, transformers4_names=True)
     assert any(k.startswith("segformer.encoder.block.") for k in load_file(str(old_weights)))
     old = build_parser(_files(old_weights))
-    rgb = torch.rand(1, 3, 64, 64)
+    rgb = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         assert torch.equal(new.logits(rgb), old.logits(rgb))
 
