@@ -4,10 +4,15 @@ Every pass parses a *square box* of the image at the network's input size S: the
 letterboxed (padded to a square with the network's mean colour, so the aspect ratio is kept), or a
 box around the head. Labels come back to image pixels by nearest-neighbour sampling.
 
-Full-body and small-face photos [PROPOSAL]: a first pass over the whole image finds the head (its
-largest connected hair/face/hat region); a second pass parses a square of ``crop_scale`` × the head's
-size around it at full network resolution; its labels replace the first pass inside that square, and
-everything outside (the body classes in particular) keeps the first pass's labels.
+Full-body and small-face photos [PROPOSAL]: a first pass over the whole image finds the head (the
+connected hair/face/hat region with the most face pixels); a second pass parses a square of
+``crop_scale`` × the head's size around it at full network resolution; its labels replace the first
+pass inside that square, and everything outside (the body classes in particular) keeps the first
+pass's labels.
+
+No face [PROPOSAL]: when the face class covers less than ``MIN_FACE_FRACTION`` of an image, its head
+classes (hair, face, hat) are cleared, so later stages see an empty head rather than stray specks,
+and a warning is logged.
 """
 
 from __future__ import annotations
