@@ -88,7 +88,7 @@ class FaceParsingNetwork(nn.Module):
         # in the same memory layout (channels-last views of IMAGE batches arrive here without a copy).
         x = torch.empty(rgb.shape, dtype=self.mean.dtype, device=rgb.device)
         torch.sub(rgb.to(x.dtype), self.mean, out=x).div_(self.std)
-        return self.net(x.to(self.get_dtype()))
+        return self.net(x.to(self.get_dtype())).float()  # upsampling and argmax in float32 at any weight dtype
 
     def _upsample(self, lowres: torch.Tensor, size) -> torch.Tensor:
         return F.interpolate(lowres, size, mode="bilinear", align_corners=self.net.align_corners)
