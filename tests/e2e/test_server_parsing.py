@@ -26,17 +26,21 @@ def expected(fixtures_dir):
 
 @pytest.fixture(scope="module")
 def parsing_folder(comfy_server, fixtures_dir, expected):
+    from skimage import data
+
     folder = comfy_server.models_dir("headswap_parsing")
     shutil.copy(fixtures_dir / FIXTURE_BISENET, folder / "bisenet_fixture.safetensors")
-    Image.fromarray(expected["astronaut_uint8"]).save(comfy_server.input_dir / "astronaut.png")
+    astronaut = data.astronaut()  # the photo the reference outputs were computed on
+    assert np.array_equal(astronaut, expected["astronaut_uint8"])
+    Image.fromarray(astronaut).save(comfy_server.input_dir / "astronaut.png")
     return folder
 
 
-def _parse_prompt(model_name: str, image: str = "astronaut.png") -> dict:
+def _parse_prompt(model_name: str, image: str = "astronaut.png", mode: str = "whole image") -> dict:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": image}},
         "2": {"class_type": "HeadSwapParsingModelLoader", "inputs": {"model_name": model_name, "precision": "auto"}},
-        "3": {"class_type": "HeadSwapFaceParse", "inputs": {"parser": ["2", 0], "image": ["1", 0], "mode": "whole image", "min_region_percent": 0.0, "crop_scale": 1.6}},
+        "3": {"class_type": "HeadSwapFaceParse", "inputs": {"parser": ["2", 0], "image": ["1", 0], "mode": mode, "min_region_percent": 0.0, "crop_scale": 1.6}},
         "4": {"class_type": "HeadSwapLayoutPreview", "inputs": {"layout": ["3", 0], "opacity": 0.5}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "e2e_parse"}},
         "6": {"class_type": "HeadSwapLayoutToMask", "inputs": {"layout": ["3", 0], "classes": "head"}},
@@ -56,6 +60,20 @@ def test_face_parsing_of_a_real_photo_matches_the_reference(comfy_server, parsin
     head = np.asarray(Image.open(comfy_server.output_files(entry, "8")[0]).convert("L")) > 127
     assert np.array_equal(head, np.isin(labels.numpy(), CANONICAL.group_ids("head")))
     assert entry["outputs"]["3"]["images"]  # the parse node shows its colour preview in the UI
+
+
+def test_a_portrait_photo_of_another_size_is_parsed_at_its_own_size(comfy_server, parsing_folder):
+    from matplotlib import cbook
+
+    hopper = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    hopper.save(comfy_server.input_dir / "grace_hopper.png")
+    entry = comfy_server.run(_parse_prompt("bisenet_fixture.safetensors", "grace_hopper.png", mode="head crop"))
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    preview = Image.open(comfy_server.output_files(entry, "5")[0])
+    assert preview.size == hopper.size  # 512 wide, 600 high: letterboxed for the network, mapped back
+    labels = labels_from_rgb(np.asarray(preview.convert("RGB")), CANONICAL, "saved preview")
+    head = np.asarray(Image.open(comfy_server.output_files(entry, "8")[0]).convert("L")) > 127
+    assert np.array_equal(head, np.isin(labels.numpy(), CANONICAL.group_ids("head")))
 
 
 def test_parsing_errors_are_clear_and_the_server_keeps_serving(comfy_server, parsing_folder):
