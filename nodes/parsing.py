@@ -31,6 +31,7 @@ from ..hs_models.parsing import (
     build_parser,
     parse_images,
 )
+from ..hs_models.parsing.pipeline import image_to_rgb
 from .types import HeadSwapLayout, HeadSwapParser
 
 CATEGORY = "headswap/parsing"
@@ -143,13 +144,14 @@ def parse_with(
     crop_scale: float = 1.6,
 ) -> tuple[SemanticLayout, list[int]]:
     """Run a loaded parser over an IMAGE batch; returns the layout and the indices of images without a face."""
+    image = image_to_rgb(image)  # checks the batch before any model is loaded
     per_image = _bytes_per_image(parser)
-    batch = image.shape[0] if image.ndim == 4 else 0
+    batch = image.shape[0]
     chunk = max(1, min(_MAX_CHUNK, batch))
     mm.load_models_gpu([parser.patcher], memory_required=per_image * chunk, force_full_load=True)
     device = parser.patcher.load_device
     chunk = max(1, min(chunk, int(mm.get_free_memory(device) * 0.8) // per_image))
-    progress = comfy.utils.ProgressBar(max(1, batch) * (1 if mode == WHOLE_IMAGE else 2))
+    progress = comfy.utils.ProgressBar(batch * (1 if mode == WHOLE_IMAGE else 2))
     network = parser.network
 
     def run_network(canvases: torch.Tensor) -> torch.Tensor:
