@@ -7,8 +7,9 @@ Both sides see the same 512² RGB batches: the baseline is the parsing network's
 (normalisation + BiSeNet → full-resolution logits), the candidate is the whole node (input checks,
 letterboxing, forward, argmax, canonical8 mapping, labels back to the image, layout, colour preview).
 Goal: the node's overhead over the bare forward ≤ 10 % in time. Baseline and node are measured in
-alternating rounds and the median round is reported, so a busy machine affects both alike; the
-process CPU time is reported as well, which other processes on a shared machine barely disturb. Without --weights a BiSeNet with
+alternating rounds and the median round is reported, so a busy machine affects both alike. With
+--threads 1 the process CPU time is reported as well, which other processes on a shared machine
+barely disturb (with more threads, idle OpenMP workers spin and inflate it, so it is not shown). Without --weights a BiSeNet with
 random weights is used (same architecture and cost as 79999_iter.pth); the parity fixture is used
 when it is found next to the checkout.
 """
@@ -121,13 +122,16 @@ def main() -> None:
                     ]
                     baseline = _median_of([r[0] for r in rounds])
                     candidate = _median_of([r[1] for r in rounds])
-                    cpu_baseline = statistics.median(_cpu_ms(bare_forward, args.repeat) for _ in range(args.rounds))
-                    cpu_candidate = statistics.median(_cpu_ms(face_parse_node, args.repeat) for _ in range(args.rounds))
+                    single_thread = torch.get_num_threads() == 1
                     print(
                         f"  images/s: bare forward {batch / baseline.seconds:.2f}, "
                         f"HeadSwapFaceParse {batch / candidate.seconds:.2f}"
                     )
                     print_ratio(candidate, baseline, goal_time=1.10)
+                    if not single_thread:
+                        continue  # idle OpenMP workers spin between parallel regions and inflate CPU time
+                    cpu_baseline = statistics.median(_cpu_ms(bare_forward, args.repeat) for _ in range(args.rounds))
+                    cpu_candidate = statistics.median(_cpu_ms(face_parse_node, args.repeat) for _ in range(args.rounds))
                     cpu_ratio = cpu_candidate / cpu_baseline
                     print(
                         f"  CPU time: bare forward {cpu_baseline:.2f} ms, HeadSwapFaceParse {cpu_candidate:.2f} ms, "
