@@ -18,6 +18,7 @@ SNAPSHOT = Path(__file__).with_name("schema_snapshot.json")
 # Combos whose options are files on disk: only their presence is snapshotted.
 DYNAMIC_COMBOS = {
     ("HeadSwapLoadLayout", "image"),
+    ("HeadSwapDiffusionLoader", "ckpt_name"),
     ("HeadSwapParsingModelLoader", "model_name"),
 }
 
