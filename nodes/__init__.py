@@ -6,7 +6,7 @@ Model folders are registered when this package is imported (ComfyUI 0.3.75 never
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import diffusion, layout_io
+from . import diffusion, layout_io, parsing
 from .folders import register_model_folders
 
 register_model_folders()
@@ -14,6 +14,7 @@ register_model_folders()
 NODES: list[type[io.ComfyNode]] = [
     *layout_io.NODES,
     *diffusion.NODES,
+    *parsing.NODES,
 ]
 
 
