@@ -6,7 +6,7 @@ Model folders are registered when this package is imported (ComfyUI 0.3.75 never
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import diffusion, layout_io, layout_stages, neck_align
+from . import diffusion, layout_io, layout_stages, neck_align, parsing
 from .folders import register_model_folders
 
 register_model_folders()
@@ -16,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     *neck_align.NODES,
     *layout_stages.NODES,
     *diffusion.NODES,
+    *parsing.NODES,
 ]
 
 

@@ -13,6 +13,13 @@
 
 ``POSE_KEYPOINT`` is the OpenPose JSON that pose-estimator packs (ControlNet aux, DWPose) output: a list
 with one ``{"people": [{"pose_keypoints_2d": [x, y, c, …]}], "canvas_width", "canvas_height"}`` per image.
+
+``HEADSWAP_PARSER`` carries a :class:`nodes.parsing.FaceParser`:
+    patcher    a ModelPatcher whose ``.model`` is a :class:`hs_models.parsing.FaceParsingNetwork`
+               ((B,3,S,S) RGB 0..1 → (B,S,S) int64 canonical8 labels; ``logits`` gives raw class scores)
+    name       file name in the headswap_parsing folder
+    kind       "BiSeNet" or "SegFormer"
+    dtype      compute dtype of the weights
 """
 
 from comfy_api.latest import io
@@ -20,3 +27,4 @@ from comfy_api.latest import io
 HeadSwapLayout = io.Custom("HEADSWAP_LAYOUT")
 HeadSwapTransform = io.Custom("HEADSWAP_TRANSFORM")
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
+HeadSwapParser = io.Custom("HEADSWAP_PARSER")

@@ -19,6 +19,7 @@ SNAPSHOT = Path(__file__).with_name("schema_snapshot.json")
 DYNAMIC_COMBOS = {
     ("HeadSwapLoadLayout", "image"),
     ("HeadSwapDiffusionLoader", "ckpt_name"),
+    ("HeadSwapParsingModelLoader", "model_name"),
 }
 
 
