@@ -20,16 +20,19 @@ counter-clockwise on screen.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import cv2
 import kornia
+import numpy as np
 import torch
 
 from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .log import logger
-from .morphology import class_mask, first_true, largest_component, last_true
+from .morphology import as_numpy, class_mask_np, first_true_np, largest_component_np, last_true_np
 
 MODES = ("auto", "layout", "keypoints", "none")
 NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (method.md §4)
@@ -136,24 +139,26 @@ class NeckGeometry:
         return torch.where(self.has_neck, self.neck_width, NECK_FALLBACK_RATIO * self.face_width)
 
 
-def _row_extents(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_extents(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Leftmost and rightmost column per row of a (B,H,W) mask as float64; NaN on empty rows."""
-    left = first_true(mask, 2).to(torch.float64)
-    right = last_true(mask, 2).to(torch.float64)
+    left = first_true_np(mask, 2).astype(np.float64)
+    right = last_true_np(mask, 2).astype(np.float64)
     empty = right < 0
-    return left.masked_fill(empty, math.nan), right.masked_fill(empty, math.nan)
+    left[empty] = np.nan
+    right[empty] = np.nan
+    return left, right
 
 
-def _robust_weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _robust_weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted mean per row of (B,N) over entries within 20 % of the median (NaN entries ignored)."""
-    usable = (weights > 0) & ~values.isnan()
-    median = torch.where(usable, values, torch.nan).nanmedian(-1, keepdim=True).values
-    keep = usable & ((values - median).abs() <= 0.2 * median.abs())
-    w = torch.where(keep, weights, 0.0)
-    return (torch.where(keep, values, 0.0) * w).sum(-1) / w.sum(-1)
+    usable = (weights > 0) & ~np.isnan(values)
+    median = np.nanmedian(np.where(usable, values, np.nan), axis=-1, keepdims=True)
+    keep = usable & (np.abs(values - median) <= 0.2 * np.abs(median))
+    w = np.where(keep, weights, 0.0)
+    return (np.where(keep, values, 0.0) * w).sum(-1) / w.sum(-1)
 
 
-def _chin_line(bottoms: torch.Tensor, xs: torch.Tensor, chin_x: torch.Tensor, face_width: torch.Tensor, chin_row):
+def _chin_line(bottoms: np.ndarray, chin_x: np.ndarray, face_width: np.ndarray, chin_row: np.ndarray) -> np.ndarray:
     """Sub-pixel y of the chin's lower edge: the top of a parabola fitted to the lower face edge of
     the central 30 % of the face's columns, kept within the last face row's pixel.
 
@@ -161,114 +166,111 @@ def _chin_line(bottoms: torch.Tensor, xs: torch.Tensor, chin_x: torch.Tensor, fa
     to ±0.5 px; the fit averages that over many columns, so the same face drawn at another scale or
     position yields the same chin to a fraction of a pixel.
     """
-    edges = bottoms.to(torch.float64) + 0.5
-    u = (xs[None] - chin_x[:, None]) / face_width.clamp(min=1.0)[:, None]
-    use = (u.abs() <= 0.15) & (bottoms >= 0)
-    design = torch.stack([torch.ones_like(u), u, u * u], dim=-1) * use[..., None]
-    target = torch.where(use, edges, 0.0)
-    normal = design.transpose(1, 2) @ design + 1e-9 * torch.eye(3, dtype=design.dtype, device=design.device)
-    coef = torch.linalg.solve(normal, (design.transpose(1, 2) @ target[..., None]))[..., 0]
-    c0, c1, c2 = coef.unbind(-1)
-    inf = torch.tensor(math.inf, dtype=u.dtype, device=u.device)
-    u_low = torch.where(use, u, inf).amin(-1)
-    u_high = torch.where(use, u, -inf).amax(-1)
-    vertex = torch.where(c2 < 0, -c1 / (2 * c2).clamp(max=-1e-12), u_low).clamp(u_low, u_high)
-    peak = torch.maximum(c0 + c1 * vertex + c2 * vertex**2, c0 + c1 * u_high + c2 * u_high**2)
-    peak = torch.maximum(peak, c0 + c1 * u_low + c2 * u_low**2)
-    enough = use.sum(-1) >= 5
-    fitted = torch.where(enough & peak.isfinite(), peak, chin_row + 0.5)
-    return fitted.clamp(chin_row, chin_row + 1.0)
+    xs = np.arange(bottoms.shape[1], dtype=np.float64)
+    u = (xs[None] - chin_x[:, None]) / np.maximum(face_width, 1.0)[:, None]
+    use = (np.abs(u) <= 0.15) & (bottoms >= 0)
+    design = np.stack([np.ones_like(u), u, u * u], axis=-1) * use[..., None]
+    target = np.where(use, bottoms + 0.5, 0.0)
+    normal = design.transpose(0, 2, 1) @ design + 1e-9 * np.eye(3)
+    c0, c1, c2 = np.moveaxis(np.linalg.solve(normal, design.transpose(0, 2, 1) @ target[..., None])[..., 0], -1, 0)
+    u_low = np.where(use, u, np.inf).min(-1)
+    u_high = np.where(use, u, -np.inf).max(-1)
+    vertex = np.clip(np.where(c2 < 0, -c1 / np.minimum(2 * c2, -1e-12), u_low), u_low, u_high)
+    peak = np.maximum.reduce(
+        [c0 + c1 * vertex + c2 * vertex**2, c0 + c1 * u_high + c2 * u_high**2, c0 + c1 * u_low + c2 * u_low**2]
+    )
+    fitted = np.where((use.sum(-1) >= 5) & np.isfinite(peak), peak, chin_row + 0.5)
+    return np.clip(fitted, chin_row, chin_row + 1.0)
 
 
 def measure_neck(layout: SemanticLayout) -> NeckGeometry:
-    """Face and neck measurements of every image of a layout (method.md §4, mode A).
+    """Face and neck measurements of every image of a layout (method.md §4, mode A)."""
+    return _measure(as_numpy(layout.labels), layout.label_set)
 
-    Full-resolution work is limited to a few boolean passes; everything else runs on row and column
-    projections.
-    """
-    labels = layout.labels
-    device = labels.device
-    label_set = layout.label_set
+
+def _measure(labels: np.ndarray, label_set) -> NeckGeometry:
+    """:func:`measure_neck` on a (B,H,W) numpy label map: a few serial passes over the pixels, the rest
+    on row and column projections."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of images without a face or neck
+        return _measure_unchecked(labels, label_set)
+
+
+def _measure_unchecked(labels: np.ndarray, label_set) -> NeckGeometry:
     batch, height, width = labels.shape
-    f64 = torch.float64
-    ys = torch.arange(height, dtype=f64, device=device)
-    xs = torch.arange(width, dtype=f64, device=device)
+    ys = np.arange(height, dtype=np.float64)
+    xs = np.arange(width, dtype=np.float64)
 
-    face = largest_component(class_mask(labels, [label_set.index("face")]))
-    row_counts = face.sum(2).to(f64)  # (B,H)
-    col_counts = face.sum(1).to(f64)  # (B,W)
-    count = row_counts.sum(1)
+    face = largest_component_np(labels == label_set.index("face"))
+    moments = [cv2.moments(frame.view(np.uint8), binaryImage=True) for frame in face]
+    count = np.array([m["m00"] for m in moments])
     has_face = count >= _MIN_FACE_PIXELS
-    safe = count.clamp(min=1)
-    face_cx = (col_counts * xs).sum(1) / safe
-    face_cy = (row_counts * ys).sum(1) / safe
+    safe = np.maximum(count, 1.0)
+    face_cx = np.array([m["m10"] for m in moments]) / safe
+    face_cy = np.array([m["m01"] for m in moments]) / safe
     left, right = _row_extents(face)
-    face_width = torch.nanquantile(right - left + 1, 0.9, dim=-1).nan_to_num(0.0)
-    rows = row_counts > 0
-    top_row = torch.where(rows, ys, math.inf).amin(-1)
-    bottom_row = torch.where(rows, ys, -math.inf).amax(-1)
-    box = torch.stack(
-        [
-            left.nan_to_num(math.inf).amin(-1) - 0.5,
-            top_row - 0.5,
-            right.nan_to_num(-math.inf).amax(-1) + 0.5,
-            bottom_row + 0.5,
-        ],
-        dim=1,
-    )
-    face_height = (bottom_row - top_row + 1).clamp(min=0)
-    # Second moments of the face: its long axis gives the head's tilt.
-    dx2 = (col_counts * (xs - face_cx[:, None]) ** 2).sum(1) / safe
-    dy2 = (row_counts * (ys - face_cy[:, None]) ** 2).sum(1) / safe
-    dxy = (face * (xs - face_cx[:, None, None]) * (ys[:, None] - face_cy[:, None, None])).sum((1, 2)) / safe
-    axis = 0.5 * torch.atan2(2 * dxy, dx2 - dy2)  # angle of the long axis from +x
-    down_x, down_y = torch.cos(axis), torch.sin(axis)
+    face_width = np.nan_to_num(np.nanquantile(right - left + 1, 0.9, axis=-1), nan=0.0)
+    rows = ~np.isnan(left)
+    top_row = np.where(rows, ys, np.inf).min(-1)
+    bottom_row = np.where(rows, ys, -np.inf).max(-1)
+    box = np.stack([np.nanmin(left, -1) - 0.5, top_row - 0.5, np.nanmax(right, -1) + 0.5, bottom_row + 0.5], axis=1)
+    face_height = np.maximum(bottom_row - top_row + 1, 0.0)
+    # The long axis of the face (second moments) gives the head's tilt.
+    mu20 = np.array([m["mu20"] for m in moments]) / safe
+    mu02 = np.array([m["mu02"] for m in moments]) / safe
+    mu11 = np.array([m["mu11"] for m in moments]) / safe
+    axis = 0.5 * np.arctan2(2 * mu11, mu20 - mu02)  # angle of the long axis from +x
+    down_x, down_y = np.cos(axis), np.sin(axis)
     flip = down_y < 0
-    tilt = torch.atan2(torch.where(flip, down_x, -down_x), torch.where(flip, -down_y, down_y))
-    spread = torch.sqrt((dx2 - dy2) ** 2 + 4 * dxy**2)
-    elongation = (dx2 + dy2 + spread) / (dx2 + dy2 - spread).clamp(min=1e-9)
-    tilt_reliable = has_face & (elongation >= 1.15) & (tilt.abs() < math.radians(60))
+    tilt = np.arctan2(np.where(flip, down_x, -down_x), np.where(flip, -down_y, down_y))
+    spread = np.sqrt((mu20 - mu02) ** 2 + 4 * mu11**2)
+    elongation = (mu20 + mu02 + spread) / np.maximum(mu20 + mu02 - spread, 1e-9)
+    tilt_reliable = has_face & (elongation >= 1.15) & (np.abs(tilt) < math.radians(60))
 
-    face_bottom = last_true(face, 1)  # (B,W)
-    central = ((xs[None] - face_cx[:, None]).abs() <= 0.25 * face_width[:, None]) & (face_bottom >= 0)
-    chin_row = torch.where(central, face_bottom.to(f64), -math.inf).amax(-1)
-    near = central & (face_bottom >= (chin_row - (0.1 * face_height).clamp(min=1.0))[:, None])
-    chin_x = (near * xs).sum(-1) / near.sum(-1).clamp(min=1)
-    chin_y = _chin_line(face_bottom, xs, chin_x, face_width, chin_row)
+    face_bottom = last_true_np(face, 1)  # (B,W)
+    central = (np.abs(xs[None] - face_cx[:, None]) <= 0.25 * face_width[:, None]) & (face_bottom >= 0)
+    chin_row = np.where(central, face_bottom, -np.inf).max(-1)
+    near = central & (face_bottom >= (chin_row - np.maximum(0.1 * face_height, 1.0))[:, None])
+    chin_x = (near * xs).sum(-1) / np.maximum(near.sum(-1), 1)
+    chin_y = _chin_line(face_bottom, chin_x, face_width, chin_row)
 
     rows_below = (ys[None] > chin_row[:, None]) & (ys[None] <= (chin_row + 1.5 * face_height)[:, None])
-    cols_beside = (xs[None] - chin_x[:, None]).abs() <= face_width[:, None]
-    neck = class_mask(labels, label_set.group_ids("neck")) & rows_below[:, :, None] & cols_beside[:, None, :]
+    cols_beside = np.abs(xs[None] - chin_x[:, None]) <= face_width[:, None]
+    neck = class_mask_np(labels, label_set.group_ids("neck")) & rows_below[:, :, None] & cols_beside[:, None, :]
     n_left, n_right = _row_extents(neck)
-    neck_rows = ~n_left.isnan()
-    neck_top = torch.where(neck_rows, ys, math.inf).amin(-1)
-    neck_bottom = torch.where(neck_rows, ys, -math.inf).amax(-1)
+    neck_rows = ~np.isnan(n_left)
+    neck_top = np.where(neck_rows, ys, np.inf).min(-1)
+    neck_bottom = np.where(neck_rows, ys, -np.inf).max(-1)
     # The band [chin, chin + h] with h = 12 % of the face height (at most half the visible neck):
     # rows weighted by how much of them lies in it, so the mean width is sub-pixel accurate.
-    h = torch.minimum(0.12 * face_height, (neck_bottom + 0.5 - chin_y) / 2).clamp(min=1.0)
-    overlap = (ys[None] + 0.5).minimum((chin_y + h)[:, None]) - (ys[None] - 0.5).maximum(chin_y[:, None])
-    weights = torch.where(neck_rows, overlap.clamp(min=0.0), 0.0)
-    n_widths = torch.where(weights > 0, n_right - n_left + 1, torch.nan)
+    h = np.maximum(np.minimum(0.12 * face_height, (neck_bottom + 0.5 - chin_y) / 2), 1.0)
+    overlap = np.minimum(ys[None] + 0.5, (chin_y + h)[:, None]) - np.maximum(ys[None] - 0.5, chin_y[:, None])
+    weights = np.where(neck_rows, np.maximum(overlap, 0.0), 0.0)
+    n_widths = np.where(weights > 0, n_right - n_left + 1, np.nan)
     neck_width = _robust_weighted_mean(n_widths, weights)
     neck_center_x = _robust_weighted_mean((n_left + n_right) / 2, weights)
-    attached = (neck_top - chin_row) <= (0.1 * face_height).clamp(min=2.0)
+    attached = (neck_top - chin_row) <= np.maximum(0.1 * face_height, 2.0)
     has_neck = (
-        has_face & ((weights > 0).sum(-1) >= 2) & (neck_width >= 0.15 * face_width) & attached & ~neck_width.isnan()
+        has_face & ((weights > 0).sum(-1) >= 2) & (neck_width >= 0.15 * face_width) & attached & ~np.isnan(neck_width)
     )
+
+    def t(array) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))
+
     return NeckGeometry(
-        has_face=has_face,
-        has_neck=has_neck,
-        face_width=face_width,
-        face_center=torch.stack([face_cx, face_cy], dim=1),
-        face_box=box,
-        face_bottom=face_bottom,
-        chin_row=chin_row,
-        chin=torch.stack([chin_x, chin_y], dim=1),
-        neck_width=torch.where(has_neck, neck_width, torch.nan),
-        neck_center_x=torch.where(has_neck, neck_center_x, torch.nan),
-        tilt=torch.where(tilt_reliable, tilt, 0.0),
-        tilt_reliable=tilt_reliable,
-        anchor=torch.stack([torch.where(has_neck, neck_center_x, chin_x), chin_y], dim=1),
+        has_face=t(has_face),
+        has_neck=t(has_neck),
+        face_width=t(face_width),
+        face_center=t(np.stack([face_cx, face_cy], axis=1)),
+        face_box=t(box),
+        face_bottom=t(face_bottom.astype(np.int64)),
+        chin_row=t(chin_row),
+        chin=t(np.stack([chin_x, chin_y], axis=1)),
+        neck_width=t(np.where(has_neck, neck_width, np.nan)),
+        neck_center_x=t(np.where(has_neck, neck_center_x, np.nan)),
+        tilt=t(np.where(tilt_reliable, tilt, 0.0)),
+        tilt_reliable=t(tilt_reliable),
+        anchor=t(np.stack([np.where(has_neck, neck_center_x, chin_x), chin_y], axis=1)),
     )
 
 
@@ -278,15 +280,20 @@ def measure_upright(layout: SemanticLayout, geometry: NeckGeometry) -> NeckGeome
     chin-and-neck rules of :func:`measure_neck` assume an upright head)."""
     if not bool((geometry.tilt != 0).any()):
         return geometry
-    turn = torch.stack([similarity(1.0, -float(t), (0.0, 0.0))[:, :2] for t in geometry.tilt])  # (B,2,2): R(-tilt)
+    labels = as_numpy(layout.labels).astype(np.uint8)  # ids < 256, UNKNOWN = 255
+    upright = np.empty_like(labels)
+    turns = []
+    for i, (frame, tilt, center) in enumerate(zip(labels, geometry.tilt.tolist(), geometry.face_center, strict=True)):
+        turn = similarity(1.0, -tilt, (0.0, 0.0))[:, :2].numpy()  # R(-tilt)
+        c = center.numpy()
+        to_upright = np.concatenate([turn, (c - turn @ c)[:, None]], axis=1)
+        upright[i] = cv2.warpAffine(
+            frame, to_upright, (layout.width, layout.height), flags=cv2.INTER_NEAREST, borderValue=0
+        )
+        turns.append(turn)
+    turned = _measure(upright.astype(np.int64), layout.label_set)
+    back = torch.from_numpy(np.stack(turns)).transpose(1, 2)  # R(tilt)
     center = geometry.face_center
-    to_upright = torch.cat([turn, (center - (turn @ center[..., None])[..., 0])[..., None]], dim=2)
-    labels = layout.labels.to(torch.float32)[:, None]
-    upright = kornia.geometry.transform.warp_affine(
-        labels, to_upright.to(torch.float32), dsize=(layout.height, layout.width), mode="nearest", align_corners=True
-    )
-    turned = measure_neck(SemanticLayout(upright[:, 0].round().to(torch.int64), layout.label_set))
-    back = turn.transpose(1, 2)  # R(tilt)
 
     def unturn(points: torch.Tensor) -> torch.Tensor:
         return (back @ (points - center)[..., None])[..., 0] + center
@@ -590,15 +597,16 @@ def warp_head(image: torch.Tensor, layout: SemanticLayout, transform: HeadTransf
             pixels.movedim(1, -1).contiguous(), SemanticLayout(labels.cpu().clone(), layout.label_set), valid
         )
     warped = _warp(pixels, matrix, (height, width), "bilinear")
-    label_planes = torch.stack([labels.to(torch.float32), torch.ones_like(labels, dtype=torch.float32)], dim=1)
-    warped_labels = _warp(label_planes, matrix, (height, width), "nearest")
-    valid = warped_labels[:, 1] > 0.5
-    new_labels = torch.where(valid, warped_labels[:, 0].round().to(torch.int64), UNKNOWN)
-    warped = warped * valid[:, None]
+    # Labels are warped shifted by one, so that the zero padding marks where the head photo ends.
+    shifted = _warp((labels + 1).to(torch.float32)[:, None], matrix, (height, width), "nearest")
+    shifted = as_numpy(shifted[:, 0]).astype(np.int64)
+    valid = shifted > 0
+    new_labels = np.where(valid, shifted - 1, UNKNOWN)
+    valid_mask = torch.from_numpy(valid.astype(np.float32)).to(device)
     return WarpedHead(
-        warped.movedim(1, -1).contiguous(),
-        SemanticLayout(new_labels.cpu(), layout.label_set),
-        valid.to(torch.float32),
+        (warped * valid_mask[:, None]).movedim(1, -1).contiguous(),
+        SemanticLayout(torch.from_numpy(new_labels), layout.label_set),
+        valid_mask,
     )
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .labels import UNKNOWN
 from .layout import SemanticLayout
-from .morphology import class_mask, dilate, erode
+from .morphology import as_numpy, class_mask_np, dilate_np, erode_np
 
 DEFAULT_HEAD_EROSION = 0.004  # method.md §5.2: round(0.004·R)
 DEFAULT_BODY_EROSION = 0.004
@@ -59,9 +60,9 @@ def check_same_canvas(a: SemanticLayout, a_name: str, b: SemanticLayout, b_name:
         )
 
 
-def _broadcast(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    batch = max(t.shape[0] for t in tensors)
-    return [t.expand(batch, *t.shape[1:]) if t.shape[0] == 1 else t for t in tensors]
+def _broadcast(*arrays: np.ndarray) -> list[np.ndarray]:
+    batch = max(a.shape[0] for a in arrays)
+    return [np.broadcast_to(a, (batch, *a.shape[1:])) if a.shape[0] == 1 else a for a in arrays]
 
 
 def blend_layouts(
@@ -83,31 +84,31 @@ def blend_layouts(
             f"give both the same batch size, or a batch of 1 to use for every item"
         )
     label_set = body.label_set
-    l1, l2 = _broadcast(head.labels, body.labels)
+    l1, l2 = _broadcast(as_numpy(head.labels), as_numpy(body.labels))
     height, width = l2.shape[1:]
     ids = {group: label_set.group_ids(group) for group in ("head", "neck", "body", "person")}
     background = label_set.index("background")
 
-    head_full = class_mask(l1, ids["head"])
-    head_mask = erode(head_full, pixels_for(head_erosion, height, width))
-    band = dilate(head_full, pixels_for(seam_band, height, width)) & ~head_full
-    body_classes = class_mask(l2, ids["body"])
+    head_full = class_mask_np(l1, ids["head"])
+    head_mask = erode_np(head_full, pixels_for(head_erosion, height, width))
+    band = dilate_np(head_full, pixels_for(seam_band, height, width)) & ~head_full
+    body_classes = class_mask_np(l2, ids["body"])
     free = ~head_full & ~band
     # The body source's own pixels form one region: with its background kept, the clothes/background
     # border is the body photo's own and is not eroded.
     body_source = body_classes | (l2 == background) if keep_body_background else body_classes
-    body_mask = erode(body_source, pixels_for(body_erosion, height, width)) & free
+    body_mask = erode_np(body_source, pixels_for(body_erosion, height, width)) & free
 
-    envelope = class_mask(l2, ids["person"] + [UNKNOWN]) | class_mask(l1, ids["head"] + ids["neck"])
-    labels = torch.where(envelope, UNKNOWN, l2)
-    labels = torch.where(body_classes & free, l2, labels)
-    labels = torch.where(head_full, l1, labels)
+    envelope = class_mask_np(l2, ids["person"] + [UNKNOWN]) | class_mask_np(l1, ids["head"] + ids["neck"])
+    labels = np.where(envelope, UNKNOWN, l2)
+    labels = np.where(body_classes & free, l2, labels)
+    labels = np.where(head_full, l1, labels)
 
-    head_mask = head_mask.to(torch.float32)
-    body_mask = body_mask.to(torch.float32)
+    head_mask = head_mask.astype(np.float32)
+    body_mask = body_mask.astype(np.float32)
     return BlendResult(
-        layout=SemanticLayout(labels, label_set),
-        head_mask=head_mask,
-        body_mask=body_mask,
-        transition_mask=1.0 - head_mask - body_mask,
+        layout=SemanticLayout(torch.from_numpy(labels), label_set),
+        head_mask=torch.from_numpy(head_mask),
+        body_mask=torch.from_numpy(body_mask),
+        transition_mask=torch.from_numpy(1.0 - head_mask - body_mask),
     )

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .blending import check_same_canvas
 from .layout import SemanticLayout
-from .morphology import class_mask, erode_square, remove_small_components
+from .morphology import as_numpy, class_mask_np, erode_square_np, remove_small_components_np
 
 DEFAULT_LATENT_CELL = 8  # SD-family VAEs downscale by 8; the paper's VQ-f4 by 4
 DEFAULT_MIN_REGION = 0.0005  # method.md §7: 0.05 % of the image
@@ -65,27 +66,24 @@ def calibrate_masks(
     height, width = layout.height, layout.width
     head_mask = _check_mask("head_mask", head_mask, height, width)
     body_mask = _check_mask("body_mask", body_mask, height, width)
-    tensors = {
-        "layout": layout.labels,
-        "body_layout": body_layout.labels,
-        "head_mask": head_mask.cpu(),
-        "body_mask": body_mask.cpu(),
+    arrays = {
+        "layout": as_numpy(layout.labels),
+        "body_layout": as_numpy(body_layout.labels),
+        "head_mask": as_numpy(head_mask),
+        "body_mask": as_numpy(body_mask),
     }
-    batch = max(t.shape[0] for t in tensors.values())
-    bad = {name: t.shape[0] for name, t in tensors.items() if t.shape[0] not in (1, batch)}
-    if bad:
-        listing = ", ".join(f"{name} has {t.shape[0]}" for name, t in tensors.items())
+    batch = max(a.shape[0] for a in arrays.values())
+    if any(a.shape[0] not in (1, batch) for a in arrays.values()):
+        listing = ", ".join(f"{name} has {a.shape[0]}" for name, a in arrays.items())
         raise ValueError(
             f"batch sizes do not match ({listing}); give each input the same batch size, or a batch of 1 to use "
             f"for every item"
         )
-    labels, l2, head, body = (t.expand(batch, *t.shape[1:]) for t in tensors.values())
+    labels, l2, head, body = (np.broadcast_to(a, (batch, *a.shape[1:])) for a in arrays.values())
     label_set = layout.label_set
-    head = (head > 0.5) & class_mask(labels, label_set.group_ids("head"))
+    head = (head > 0.5) & class_mask_np(labels, label_set.group_ids("head"))
     body = (body > 0.5) & (labels == l2) & ~head
     min_area = int(round(min_region * height * width))
-    head = erode_square(remove_small_components(head, min_area), latent_cell)
-    body = erode_square(remove_small_components(body, min_area), latent_cell)
-    head = head.to(torch.float32)
-    body = body.to(torch.float32)
-    return CalibratedMasks(head, body, 1.0 - head - body)
+    head = erode_square_np(remove_small_components_np(head, min_area), latent_cell).astype(np.float32)
+    body = erode_square_np(remove_small_components_np(body, min_area), latent_cell).astype(np.float32)
+    return CalibratedMasks(torch.from_numpy(head), torch.from_numpy(body), torch.from_numpy(1.0 - head - body))

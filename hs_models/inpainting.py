@@ -16,16 +16,18 @@ Known labels are never changed, so everything outside the holes is exactly the b
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .alignment import NECK_FALLBACK_RATIO, measure_neck
 from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .log import logger
-from .morphology import class_mask, first_true, nearest_label_fill
+from .morphology import as_numpy, class_mask_np, first_true_np, nearest_label_fill_np
 
 BACKENDS = ("auto", "heuristic")
 NECK_FLARE = 1.1  # neck width at the collar / at the chin (method.md §6.4)
@@ -40,83 +42,96 @@ class InpaintResult:
 
 def draw_neck(layout: SemanticLayout) -> torch.Tensor:
     """(B,H,W) bool: the hole pixels that become neck, per image with a face; empty without one."""
-    labels = layout.labels
-    label_set = layout.label_set
-    batch, height, width = labels.shape
-    geometry = measure_neck(layout)
-    unknown = labels == UNKNOWN
-    ys = torch.arange(height, dtype=torch.float32)
-    xs = torch.arange(width, dtype=torch.float32)
+    return torch.from_numpy(_draw_neck(as_numpy(layout.labels), layout.label_set, measure_neck(layout)))
 
-    chin_x = geometry.chin[:, 0].nan_to_num(0.0).to(torch.float32)
-    chin_y = geometry.chin[:, 1].nan_to_num(-1.0).to(torch.float32)  # lower edge of the chin
-    top_half = (NECK_FALLBACK_RATIO * geometry.face_width / 2).to(torch.float32)
+
+def _draw_neck(labels: np.ndarray, label_set, geometry) -> np.ndarray:
+    batch, height, width = labels.shape
+    unknown = labels == UNKNOWN
+    ys = np.arange(height, dtype=np.float32)
+    xs = np.arange(width, dtype=np.float32)
+    has_face = geometry.has_face.numpy()
+    # images without a face get harmless numbers (their neck is masked out below)
+    chin_x = np.where(has_face, geometry.chin[:, 0].numpy(), 0.0).astype(np.float32)
+    chin_y = np.where(has_face, geometry.chin[:, 1].numpy(), -1.0).astype(np.float32)  # lower edge of the chin
+    top_half = np.where(has_face, NECK_FALLBACK_RATIO * geometry.face_width.numpy() / 2, 0.0).astype(np.float32)
+    face_bottom = geometry.face_bottom.numpy()
     # Per column the neck starts under the lowest face pixel and ends at the first known pixel that is
     # body or background (the collar); head pixels in between (hair in front of the neck) are skipped.
-    start = torch.where(geometry.face_bottom >= 0, geometry.face_bottom.to(torch.float32), chin_y[:, None] - 0.5)
+    start = np.where(face_bottom >= 0, face_bottom, chin_y[:, None] - 0.5).astype(np.float32)
     below_start = ys[None, :, None] > start[:, None, :]
-    stopper = ~unknown & ~class_mask(labels, label_set.group_ids("head")) & below_start
-    stop = first_true(stopper, 1).to(torch.float32)  # (B,W); H where nothing stops the column
-    in_top = (xs[None] - chin_x[:, None]).abs() <= top_half[:, None]
-    collar = torch.where(in_top & (stop < height), stop, torch.nan).nanmedian(-1).values
-    face_height = (geometry.face_box[:, 3] - geometry.face_box[:, 1]).to(torch.float32)
-    collar = torch.where(collar.isnan(), chin_y + 0.6 * face_height, collar).clamp(max=height - 0.5)
+    stopper = ~unknown & ~class_mask_np(labels, label_set.group_ids("head")) & below_start
+    stop = first_true_np(stopper, 1).astype(np.float32)  # (B,W); H where nothing stops the column
+    in_top = np.abs(xs[None] - chin_x[:, None]) <= top_half[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns without a collar
+        collar = np.nanmedian(np.where(in_top & (stop < height), stop, np.nan), axis=-1)
+    face_box = geometry.face_box.numpy()
+    face_height = np.where(has_face, face_box[:, 3] - face_box[:, 1], 0.0).astype(np.float32)
+    collar = np.minimum(np.where(np.isnan(collar), chin_y + 0.6 * face_height, collar), height - 0.5)
     # Half-width per row: constant above the chin, widening linearly to NECK_FLARE × at the collar line.
-    t = ((ys[None] - chin_y[:, None]) / (collar - chin_y).clamp(min=1.0)[:, None]).clamp(0.0, 1.0)
+    t = np.clip((ys[None] - chin_y[:, None]) / np.maximum(collar - chin_y, 1.0)[:, None], 0.0, 1.0)
     half = top_half[:, None] * (1.0 + (NECK_FLARE - 1.0) * t)  # (B,H)
-    rows = (ys[None] <= (chin_y + 1.5 * face_height)[:, None]) & geometry.has_face[:, None]
-    inside = (xs[None, None] - chin_x[:, None, None]).abs() <= half[:, :, None]
+    rows = (ys[None] <= (chin_y + 1.5 * face_height)[:, None]) & has_face[:, None]
+    inside = np.abs(xs[None, None] - chin_x[:, None, None]) <= half[:, :, None]
     above_stop = ys[None, :, None] < stop[:, None, :]
     return unknown & below_start & above_stop & inside & rows[:, :, None]
 
 
-def _mode_filter(labels: torch.Tensor, where: torch.Tensor, num_classes: int, excluded: list[int]) -> torch.Tensor:
+def _mode_filter(labels: np.ndarray, where: np.ndarray, num_classes: int, excluded: list[int]) -> np.ndarray:
     """Replace ``labels`` at ``where`` by the most frequent label of its 5×5 window that is not one of
     ``excluded`` (UNKNOWN-free input).
 
     Runs on the bounding box of ``where`` (plus the window) only: the holes are usually a fraction of
     the canvas.
     """
-    if not bool(where.any()):
+    if not where.any():
         return labels
     pad = MODE_FILTER_SIZE // 2
-    rows = where.any(2).any(0).nonzero()
-    cols = where.any(1).any(0).nonzero()
+    rows = np.flatnonzero(where.any(axis=(0, 2)))
+    cols = np.flatnonzero(where.any(axis=(0, 1)))
     y0, y1 = max(int(rows[0]) - pad, 0), min(int(rows[-1]) + pad + 1, labels.shape[1])
     x0, x1 = max(int(cols[0]) - pad, 0), min(int(cols[-1]) + pad + 1, labels.shape[2])
-    crop = labels[:, y0:y1, x0:x1]
-    one_hot = F.one_hot(crop.clamp(max=num_classes - 1), num_classes).movedim(-1, 1).to(torch.float32)
-    counts = F.avg_pool2d(one_hot, (1, MODE_FILTER_SIZE), stride=1, padding=(0, pad), count_include_pad=False)
-    counts = F.avg_pool2d(counts, (MODE_FILTER_SIZE, 1), stride=1, padding=(pad, 0), count_include_pad=False)
-    # The current label wins ties, so flat areas and symmetric edges do not flicker.
-    counts = counts + 1e-3 * one_hot
-    counts[:, excluded] = -1.0
-    out = labels.clone()
-    out[:, y0:y1, x0:x1] = torch.where(where[:, y0:y1, x0:x1], counts.argmax(1), crop)
+    out = labels.copy()
+    allowed = [c for c in range(num_classes) if c not in excluded]
+    for i in range(labels.shape[0]):
+        crop = labels[i, y0:y1, x0:x1]
+        # Window counts per class (zero padding: every class loses the same out-of-canvas pixels); the
+        # current label gets a small bonus so that ties keep it and flat areas do not flicker.
+        counts = np.stack(
+            [
+                cv2.boxFilter((crop == c).astype(np.float32), -1, (MODE_FILTER_SIZE,) * 2, normalize=False,
+                              borderType=cv2.BORDER_CONSTANT)
+                + 1e-3 * (crop == c)
+                for c in allowed
+            ]
+        )  # fmt: skip
+        best = np.asarray(allowed)[counts.argmax(0)]
+        out[i, y0:y1, x0:x1] = np.where(where[i, y0:y1, x0:x1], best, crop)
     return out
 
 
 def inpaint_layout(layout: SemanticLayout) -> InpaintResult:
     """Fill every UNKNOWN pixel of ``layout`` without a model (see the module docstring)."""
-    labels = layout.labels
     label_set = layout.label_set
+    labels = as_numpy(layout.labels)
     unknown = labels == UNKNOWN
-    if not bool(unknown.any()):
-        return InpaintResult(layout, unknown)
-    neck = draw_neck(layout)
-    missing_face = [i for i in range(labels.shape[0]) if bool(unknown[i].any()) and not bool(neck[i].any())]
+    if not unknown.any():
+        return InpaintResult(layout, torch.from_numpy(unknown))
+    neck = _draw_neck(labels, label_set, measure_neck(layout))
+    missing_face = [i for i in range(labels.shape[0]) if unknown[i].any() and not neck[i].any()]
     if missing_face:
         logger.warning(
             "HeadSwapLayoutInpaint: no neck drawn for image(s) %s (no face above the holes, or no hole under the "
             "chin); the holes are filled from the nearest body and background labels only",
             missing_face,
         )
-    labels = torch.where(neck, label_set.index("neck"), labels)
-    sources = ~class_mask(labels, label_set.group_ids("head") + label_set.group_ids("neck") + [UNKNOWN])
+    labels = np.where(neck, label_set.index("neck"), labels)
+    sources = ~class_mask_np(labels, label_set.group_ids("head") + label_set.group_ids("neck") + [UNKNOWN])
     rest = unknown & ~neck
-    filled = nearest_label_fill(labels, sources)
-    no_source = ~sources.flatten(1).any(1)
-    filled = torch.where(no_source[:, None, None] & rest, label_set.index("background"), filled)
-    labels = torch.where(rest, filled, labels)
+    filled = nearest_label_fill_np(labels, sources)
+    no_source = ~sources.reshape(len(sources), -1).any(1)
+    filled = np.where(no_source[:, None, None] & rest, label_set.index("background"), filled)
+    labels = np.where(rest, filled, labels)
     labels = _mode_filter(labels, rest, label_set.num_classes, label_set.group_ids("head"))
-    return InpaintResult(SemanticLayout(labels, label_set), unknown)
+    return InpaintResult(SemanticLayout(torch.from_numpy(labels), label_set), torch.from_numpy(unknown))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from .labels import CANONICAL, LabelSet, convert_labels
@@ -107,19 +108,19 @@ def draw_half_body(
     collar_y = chin_y + figure.neck_length
     neck_top_half = figure.neck_top_width / 2.0
     neck_bottom_half = neck_top_half * figure.neck_flare
-    dx = (x - cx).abs()
+    dx = np.abs(x - cx)
 
-    labels = torch.full((height, width), ids["background"], dtype=torch.int64)
+    labels = np.full((height, width), ids["background"], dtype=np.int64)
 
-    def paint(where: torch.Tensor, name: str) -> None:
-        labels.copy_(torch.where(where, ids[name], labels))
+    def paint(where: np.ndarray, name: str) -> None:
+        labels[where] = ids[name]
 
     # Clothes: a collar line at the neck's foot, shoulders dropping away to both sides.
-    shoulder_top = collar_y + figure.shoulder_slope * (dx - neck_bottom_half).clamp(min=0)
-    clothes = (y >= shoulder_top) & (dx <= figure.shoulder_half_width + 0.3 * (y - collar_y).clamp(min=0))
+    shoulder_top = collar_y + figure.shoulder_slope * np.maximum(dx - neck_bottom_half, 0)
+    clothes = (y >= shoulder_top) & (dx <= figure.shoulder_half_width + 0.3 * np.maximum(y - collar_y, 0))
     paint(clothes, "clothes")
     # Neck: a trapezoid from under the jaw to just below the collar line (the clothes hide its foot).
-    t = ((y - chin_y) / figure.neck_length).clamp(max=1.0)
+    t = np.minimum((y - chin_y) / figure.neck_length, 1.0)
     neck_half = neck_top_half + (neck_bottom_half - neck_top_half) * t
     neck = (y >= cy + 0.5 * b) & (y <= collar_y + 2.0) & (dx <= neck_half) & ~clothes
     paint(neck, figure.neck_cover or "neck")
@@ -149,6 +150,7 @@ def draw_half_body(
         keypoints[index] = torch.tensor([p[0], p[1], 1.0], dtype=torch.float64)
 
     chin = rot @ torch.tensor(figure.chin, dtype=torch.float64) + translation
+    labels = torch.from_numpy(labels)
     if label_set is not CANONICAL:
         labels = convert_labels(labels[None], CANONICAL, label_set)[0]
     return SyntheticHalfBody(
@@ -162,12 +164,12 @@ def draw_half_body(
     )
 
 
-def _reference_coordinates(matrix: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference-frame (x, y) of every pixel centre of the canvas, each (H,W) float32 (plenty for pixels)."""
-    inverse = torch.linalg.inv(matrix[:, :2])
-    ys = (torch.arange(height, dtype=torch.float64)[:, None] - matrix[1, 2]).to(torch.float32)
-    xs = (torch.arange(width, dtype=torch.float64)[None, :] - matrix[0, 2]).to(torch.float32)
-    inverse = inverse.tolist()
+def _reference_coordinates(matrix: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference-frame (x, y) of every pixel centre of the canvas, each (H,W) float32 numpy (plenty for
+    pixels; numpy because drawing is a handful of serial passes, also inside data loaders)."""
+    inverse = torch.linalg.inv(matrix[:, :2]).tolist()
+    ys = (np.arange(height, dtype=np.float64)[:, None] - float(matrix[1, 2])).astype(np.float32)
+    xs = (np.arange(width, dtype=np.float64)[None, :] - float(matrix[0, 2])).astype(np.float32)
     x = inverse[0][0] * xs + inverse[0][1] * ys
     y = inverse[1][0] * xs + inverse[1][1] * ys
     return x, y
@@ -200,13 +202,8 @@ def render_photo(labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """
     height, width = labels.shape
     x, y = _reference_coordinates(matrix, height, width)
-    pattern = torch.stack(
-        [
-            0.5 + 0.25 * torch.sin(x / 23.0),
-            0.5 + 0.25 * torch.cos(y / 19.0),
-            0.5 + 0.25 * torch.sin((x + y) / 29.0),
-        ],
-        dim=-1,
+    pattern = np.stack(
+        [0.5 + 0.25 * np.sin(x / 23.0), 0.5 + 0.25 * np.cos(y / 19.0), 0.5 + 0.25 * np.sin((x + y) / 29.0)], axis=-1
     )
-    base = torch.linspace(0.1, 0.9, 256, dtype=torch.float64)[labels.clamp(0, 255) * 37 % 256]
-    return ((pattern + base[..., None]) / 2.0).to(torch.float32)
+    base = np.linspace(0.1, 0.9, 256, dtype=np.float32)[(labels.numpy().clip(0, 255) * 37) % 256]
+    return torch.from_numpy(((pattern + base[..., None]) / 2.0).astype(np.float32))
