@@ -6,13 +6,17 @@ Model folders are registered when this package is imported (ComfyUI 0.3.75 never
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import layout_io, paste_back, sampling, sources
+from . import diffusion, layout_io, layout_stages, neck_align, parsing, paste_back, sampling, sources
 from .folders import register_model_folders
 
 register_model_folders()
 
 NODES: list[type[io.ComfyNode]] = [
     *layout_io.NODES,
+    *neck_align.NODES,
+    *layout_stages.NODES,
+    *diffusion.NODES,
+    *parsing.NODES,
     *sources.NODES,
     *sampling.NODES,
     *paste_back.NODES,

@@ -121,3 +121,20 @@ def comfy_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# semantic-mixing LDM: the tiny fixture checkpoint converted once per session
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_ldm(fixtures_dir, tmp_path_factory) -> dict[str, Path]:
+    """ldm_tiny.ckpt converted by scripts/convert_ldm.py: EMA weights in float32 and live weights in float16."""
+    from hs_testing.ldm import convert_tiny
+
+    folder = tmp_path_factory.mktemp("tiny_ldm")
+    return {
+        "ema": convert_tiny(fixtures_dir, folder / "tiny_ema.safetensors"),
+        "live_fp16": convert_tiny(fixtures_dir, folder / "tiny_live_fp16.safetensors", "--weights", "live", "--fp16"),
+    }

@@ -21,14 +21,21 @@ def _input_specs(info: dict) -> list[tuple[str, list]]:
 
 def _is_widget(spec: list) -> bool:
     kind = spec[0]
-    options = spec[1] if len(spec) > 1 else {}
-    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not _options(spec).get("forceInput", False)
 
 
-def _extra_widget_values(spec: list) -> int:
-    """Widget values the frontend stores after this widget (seed control, upload button)."""
-    options = spec[1] if len(spec) > 1 else {}
-    return int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
+def _options(spec: list) -> dict:
+    return spec[1] if len(spec) > 1 else {}
+
+
+# The frontend stores a seed widget's "control after generate" value right after it, and the value of an
+# image-upload button ("image") after all of the node's other widgets.
+def _has_control_value(spec: list) -> bool:
+    return bool(_options(spec).get("control_after_generate"))
+
+
+def _upload_values(specs: list[tuple[str, list]]) -> int:
+    return sum(bool(_options(spec).get("image_upload")) for _, spec in specs)
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -45,14 +52,21 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             raise KeyError(f"node type {node['type']!r} is not registered")
         linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
         values = list(node.get("widgets_values", []))
+        specs = _input_specs(object_info[node["type"]])
+        uploads = _upload_values(specs)
+        if uploads:
+            if values[-uploads:] != ["image"] * uploads:
+                raise ValueError(f"node {node['id']} ({node['type']}): the upload widget values must come last")
+            del values[-uploads:]
         inputs = {}
-        for name, spec in _input_specs(object_info[node["type"]]):
+        for name, spec in specs:
             if not _is_widget(spec):
                 continue
             if not values:
                 raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
             value = values.pop(0)
-            del values[: _extra_widget_values(spec)]
+            if _has_control_value(spec):
+                values.pop(0)
             if name not in linked:
                 inputs[name] = value
         if values:
@@ -93,7 +107,8 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
         entry = prompt[node_id]
         info = object_info[entry["class_type"]]
         inputs, widgets = [], []
-        for name, spec in _input_specs(info):
+        specs = _input_specs(info)
+        for name, spec in specs:
             value = entry["inputs"].get(name)
             if isinstance(value, list):
                 link_id = len(links) + 1
@@ -109,13 +124,11 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
                 inputs.append(socket)
             elif _is_widget(spec):
                 widgets.append(value if name in entry["inputs"] else _widget_default(spec))
-                options = spec[1] if len(spec) > 1 else {}
-                if options.get("control_after_generate"):
+                if _has_control_value(spec):
                     widgets.append("fixed")
-                if options.get("image_upload"):
-                    widgets.append("image")
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})
+        widgets += ["image"] * _upload_values(specs)
         height = 46 + 26 * (len(widgets) + max(len(inputs), len(info["output"])))
         node = {
             "id": int(node_id),
@@ -147,13 +160,13 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": 0.8, "offset": [120, 80]}},
         "version": 0.4,
     }
 
 
 def _widget_default(spec: list):
-    options = spec[1] if len(spec) > 1 else {}
+    options = _options(spec)
     if "default" in options:
         return options["default"]
     kind = spec[0]

@@ -19,6 +19,8 @@ SNAPSHOT = Path(__file__).with_name("schema_snapshot.json")
 # between versions): only their presence is snapshotted.
 DYNAMIC_COMBOS = {
     ("HeadSwapLoadLayout", "image"),
+    ("HeadSwapDiffusionLoader", "ckpt_name"),
+    ("HeadSwapParsingModelLoader", "model_name"),
     ("HeadSwapSemanticMixingKSampler", "sampler_name"),
     ("HeadSwapSemanticMixingKSampler", "scheduler"),
 }

@@ -1,0 +1,135 @@
+"""The semantic-mixing latent diffusion model (method.md §8): UNet ε_θ, VQ-f4 autoencoder, layout encoder τ_θ.
+
+HS-Diffusion builds on LDM's semantic-synthesis model; its authors released neither code nor weights,
+so these modules are written from the architecture description (method.md §8.2–§8.5) with the
+LDM checkpoint layout, and any LDM semantic-synthesis checkpoint loads into them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..log import logger
+from .checkpoint import CheckpointError, load_state_dict, read_metadata, read_shapes
+from .config import ConfigError, LDMConfig, builtin_config, infer_config, read_config_file, schedule_from_betas
+from .convert import describe_foreign, is_semantic_ldm, mismatches, select_unet, split
+from .rescaler import SpatialRescaler
+from .unet import UNetModel
+from .vq import VQAutoencoder
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ForeignCheckpointError",
+    "LDMCheckpoint",
+    "LDMConfig",
+    "SpatialRescaler",
+    "UNetModel",
+    "VQAutoencoder",
+    "builtin_config",
+    "read_ldm_checkpoint",
+]
+
+METADATA_CONFIG = "hs_ldm_config"
+METADATA_WEIGHTS = "hs_ldm_weights"
+SIDECAR_SUFFIXES = (".yaml", ".yml", ".json")
+_LISTED = 8
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A readable checkpoint of another model family (SD1.x, SDXL, …)."""
+
+    def __init__(self, name: str, description: str | None):
+        self.name, self.description = name, description
+        what = description or "not an LDM checkpoint"
+        super().__init__(
+            f"{name!r} is {what}, not a semantic-mixing LDM: expected an LDM-format checkpoint with a UNet "
+            f"(model.diffusion_model.*), a VQ autoencoder (first_stage_model.quantize.embedding.weight) and a "
+            f"layout encoder (cond_stage_model.channel_mapper.weight)"
+        )
+
+
+@dataclass
+class LDMCheckpoint:
+    """The three networks' weights of one checkpoint (prefixes removed) and the config they fit."""
+
+    config: LDMConfig
+    unet: dict[str, Any]
+    first_stage: dict[str, Any]
+    layout_encoder: dict[str, Any]
+    weights: str  # "ema" or "live"
+    config_source: str
+
+
+def _find_config(path: Path, metadata: dict[str, str]) -> tuple[LDMConfig | None, str]:
+    if METADATA_CONFIG in metadata:
+        try:
+            return LDMConfig.from_dict(json.loads(metadata[METADATA_CONFIG])), "file metadata"
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"{path.name!r}: its {METADATA_CONFIG} metadata is not a valid LDM config: {e}"
+            ) from e
+    for suffix in SIDECAR_SUFFIXES:
+        sidecar = path.with_suffix(suffix)
+        if sidecar.is_file():
+            return read_config_file(sidecar), f"config file {sidecar.name!r}"
+    return None, "state-dict shapes"
+
+
+def read_ldm_checkpoint(path: str | Path, weights: str = "auto", config: LDMConfig | None = None) -> LDMCheckpoint:
+    """Read an LDM semantic-synthesis checkpoint (``.ckpt`` or ``.safetensors``) and check it fits a config.
+
+    The config is, in order: ``config``; the ``hs_ldm_config`` metadata that scripts/convert_ldm.py writes;
+    a same-named ``.yaml``/``.yml``/``.json`` next to the file (LDM's config.yaml works); else inferred
+    from the tensor shapes with LDM's semantic-synthesis head count (8), which shapes cannot show. A
+    ``betas`` buffer, when present, overrides the schedule. ``weights`` picks EMA or live UNet weights.
+    """
+    path = Path(path)
+    shapes = read_shapes(path)
+    if shapes is not None and not is_semantic_ldm(shapes):
+        raise ForeignCheckpointError(path.name, describe_foreign(shapes))
+    state_dict = load_state_dict(path)
+    if shapes is None and not is_semantic_ldm(state_dict):
+        raise ForeignCheckpointError(path.name, describe_foreign(state_dict))
+    metadata = read_metadata(path)
+    parts = split(state_dict)
+    if parts.unexpected:
+        logger.warning(
+            "%s: ignoring %d entries that belong to no network: %s",
+            path.name,
+            len(parts.unexpected),
+            ", ".join(parts.unexpected[:_LISTED]),
+        )
+    source = "given config"
+    if config is None:
+        config, source = _find_config(path, metadata)
+    try:
+        if config is None:
+            config = infer_config(state_dict)
+            logger.info(
+                "%s: architecture inferred from the tensor shapes (attention heads: %d)",
+                path.name,
+                config.unet["num_heads"],
+            )
+        if "betas" in parts.schedule:
+            config = config.with_diffusion(**schedule_from_betas(parts.schedule["betas"]))
+        if "scale_factor" in parts.schedule:
+            config = config.with_diffusion(scale_factor=float(parts.schedule["scale_factor"]))
+    except ConfigError as e:
+        raise CheckpointError(f"{path.name!r}: {e}") from e
+    problems = mismatches(config, parts)
+    if problems:
+        listed = "; ".join(problems[:_LISTED]) + (f"; … ({len(problems)} in all)" if len(problems) > _LISTED else "")
+        raise CheckpointError(
+            f"{path.name!r} does not match the LDM architecture from its {source}: {listed}. If the checkpoint was "
+            f"trained with another configuration, put its LDM config.yaml next to it as "
+            f"{path.with_suffix('.yaml').name!r}"
+        )
+    try:
+        unet, used = select_unet(parts, weights, metadata.get(METADATA_WEIGHTS))
+    except ValueError as e:
+        raise CheckpointError(f"{path.name!r}: {e}") from e
+    return LDMCheckpoint(config, unet, parts.first_stage, parts.layout_encoder, used, source)

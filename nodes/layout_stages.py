@@ -1,0 +1,192 @@
+"""Layout blending, layout inpainting and semantic calibration nodes (method.md §5–§7).
+
+Masks follow the pack's convention, shared with the sampler: (B,H,W) float32 at image resolution;
+head = 1 where the head source is kept, body = 1 where the body source is kept, transition = 1 where
+pixels are generated; the three are disjoint and sum to one.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..hs_models.blending import DEFAULT_BODY_EROSION, DEFAULT_HEAD_EROSION, DEFAULT_SEAM_BAND, blend_layouts
+from ..hs_models.calibration import DEFAULT_LATENT_CELL, DEFAULT_MIN_REGION, calibrate_masks
+from ..hs_models.inpainting import BACKENDS, inpaint_layout
+from ..hs_models.layout import SemanticLayout
+from .types import HeadSwapLayout
+
+CATEGORY = "headswap/layout"
+
+
+class HeadSwapLayoutBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapLayoutBlend",
+            display_name="Layout Blend (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Draws the aligned head's hair, face and hat over the body layout (the head on top, so long hair "
+                "may fall over the shoulders) and removes the body's own head and neck. Returns the blended layout, "
+                "with UNKNOWN where the layout generator must fill in (both necks, the body's old head, a seam band "
+                "around the new head), and the head, body and transition MASKs."
+            ),
+            inputs=[
+                HeadSwapLayout.Input("head_layout", tooltip="The aligned head layout (Neck Align's layout output)."),
+                HeadSwapLayout.Input("body_layout", tooltip="Layout of the body photo."),
+                io.Boolean.Input(
+                    "keep_body_background",
+                    default=True,
+                    tooltip=(
+                        "On: the body photo's background is kept (right for photos in the wild). Off: the "
+                        "background is generated from its label, as in the paper (clean studio backgrounds)."
+                    ),
+                ),
+                io.Float.Input(
+                    "head_erosion",
+                    default=DEFAULT_HEAD_EROSION,
+                    min=0.0,
+                    max=0.1,
+                    step=0.001,
+                    tooltip="Shrinks the kept head by this fraction of the shorter image side (drops parser halos; 0.004 = 2 px at 512).",
+                ),
+                io.Float.Input(
+                    "body_erosion",
+                    default=DEFAULT_BODY_EROSION,
+                    min=0.0,
+                    max=0.1,
+                    step=0.001,
+                    tooltip="Shrinks the kept body (and background) by this fraction of the shorter image side.",
+                ),
+                io.Float.Input(
+                    "seam_band",
+                    default=DEFAULT_SEAM_BAND,
+                    min=0.0,
+                    max=0.1,
+                    step=0.001,
+                    tooltip=(
+                        "Width of the ring around the new head that is regenerated, as a fraction of the shorter "
+                        "image side (0.01 = 5 px at 512): room to join jaw, hair and collar seamlessly."
+                    ),
+                ),
+            ],
+            outputs=[
+                HeadSwapLayout.Output(display_name="layout"),
+                io.Mask.Output(display_name="head_mask"),
+                io.Mask.Output(display_name="body_mask"),
+                io.Mask.Output(display_name="transition_mask"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        head_layout: SemanticLayout,
+        body_layout: SemanticLayout,
+        keep_body_background: bool,
+        head_erosion: float,
+        body_erosion: float,
+        seam_band: float,
+    ) -> io.NodeOutput:
+        result = blend_layouts(head_layout, body_layout, keep_body_background, head_erosion, body_erosion, seam_band)
+        return io.NodeOutput(result.layout, result.head_mask, result.body_mask, result.transition_mask)
+
+
+class HeadSwapLayoutInpaint(io.ComfyNode):
+    # Forward compatibility: a learned layout generator arrives as an optional input appended after the
+    # widgets (sockets do not shift widget values in saved workflows) plus a backend option; "auto"
+    # then picks it when connected. Until then "auto" is the weight-free backend.
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapLayoutInpaint",
+            display_name="Layout Inpaint (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Fills every UNKNOWN pixel of a blended layout so the diffusion model gets a complete layout. The "
+                "weight-free backend draws a neck from the jaw down to the collar and fills the other holes from "
+                "the nearest body or background labels; known labels are never changed."
+            ),
+            inputs=[
+                HeadSwapLayout.Input("layout", tooltip="The blended layout (Layout Blend's layout output)."),
+                io.Combo.Input(
+                    "backend",
+                    options=list(BACKENDS),
+                    default="auto",
+                    tooltip="auto: the best available backend. heuristic: the weight-free neck-and-nearest-label fill.",
+                ),
+            ],
+            outputs=[
+                HeadSwapLayout.Output(display_name="layout"),
+                io.Mask.Output(display_name="filled_mask"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, layout: SemanticLayout, backend: str) -> io.NodeOutput:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        result = inpaint_layout(layout)
+        return io.NodeOutput(result.layout, result.filled.to(torch.float32))
+
+
+class HeadSwapSemanticCalibration(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapSemanticCalibration",
+            display_name="Semantic Calibration (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "The final head, body and transition MASKs for the sampler, at image resolution: the blend's masks "
+                "where the completed layout kept the source's labels, without parser specks, with the kept regions "
+                "shrunk by one latent cell so they never bleed at the sampler's latent resolution. The three masks "
+                "are disjoint and sum to one."
+            ),
+            inputs=[
+                HeadSwapLayout.Input("layout", tooltip="The completed layout (Layout Inpaint's output)."),
+                HeadSwapLayout.Input("body_layout", tooltip="Layout of the body photo."),
+                io.Mask.Input("head_mask", tooltip="Layout Blend's head_mask."),
+                io.Mask.Input("body_mask", tooltip="Layout Blend's body_mask."),
+                io.Int.Input(
+                    "latent_cell",
+                    default=DEFAULT_LATENT_CELL,
+                    min=0,
+                    max=64,
+                    tooltip=(
+                        "The VAE's downscale factor: kept regions shrink by this many pixels. 8 for SD1.5/SDXL/Flux "
+                        "VAEs, 4 for the paper's VQ-f4 model, 0 to switch the shrinking off."
+                    ),
+                ),
+                io.Float.Input(
+                    "min_region",
+                    default=DEFAULT_MIN_REGION,
+                    min=0.0,
+                    max=0.05,
+                    step=0.0001,
+                    tooltip="Kept regions smaller than this fraction of the image area are regenerated (parser specks).",
+                ),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="head_mask"),
+                io.Mask.Output(display_name="body_mask"),
+                io.Mask.Output(display_name="transition_mask"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        layout: SemanticLayout,
+        body_layout: SemanticLayout,
+        head_mask: torch.Tensor,
+        body_mask: torch.Tensor,
+        latent_cell: int,
+        min_region: float,
+    ) -> io.NodeOutput:
+        masks = calibrate_masks(layout, body_layout, head_mask, body_mask, latent_cell, min_region)
+        return io.NodeOutput(masks.head_mask, masks.body_mask, masks.transition_mask)
+
+
+NODES = [HeadSwapLayoutBlend, HeadSwapLayoutInpaint, HeadSwapSemanticCalibration]

@@ -1,0 +1,141 @@
+"""Neck alignment node: scale and move the head photo so its neck meets the body's (method.md §4)."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..hs_models.alignment import MODES, AlignmentOptions, HeadTransform, estimate_alignment, warp_head
+from ..hs_models.layout import SemanticLayout
+from ._tensors import broadcast_batches
+from .types import HeadSwapLayout, HeadSwapTransform, PoseKeypoint
+
+CATEGORY = "headswap/alignment"
+
+
+class HeadSwapNeckAlign(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapNeckAlign",
+            display_name="Neck Align (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Scales and moves the head photo (and its layout) onto the body photo's canvas so that the head's "
+                "neck meets the body's neck: the new head sits where the body's own head was. Measures both layouts "
+                "(chin, neck top centre, neck width; face width when a neck is hidden), or uses OpenPose keypoints "
+                "when both poses are connected. Outputs the warped head image and layout, the MASK of the canvas "
+                "the head photo covers, the transform (for nodes that map results back) and a readable report."
+            ),
+            inputs=[
+                io.Image.Input("head_image", tooltip="The photo whose head (face and hair) is kept."),
+                HeadSwapLayout.Input("head_layout", tooltip="Layout of the head photo (same size as head_image)."),
+                HeadSwapLayout.Input("body_layout", tooltip="Layout of the body photo; its size is the output canvas."),
+                io.Combo.Input(
+                    "mode",
+                    options=list(MODES),
+                    default="auto",
+                    tooltip=(
+                        "auto: keypoints where both poses are connected and complete, else the layouts. "
+                        "layout: chin and neck of the two layouts. keypoints: OpenPose neck and shoulders. "
+                        "none: no alignment (pre-aligned pairs; other canvas sizes are fitted by height)."
+                    ),
+                ),
+                io.Float.Input(
+                    "scale_min",
+                    default=0.5,
+                    min=0.05,
+                    max=1.0,
+                    step=0.01,
+                    tooltip=(
+                        "Smallest allowed scale, relative to the size ratio of the two canvases (1.0 = the head "
+                        "keeps its size relative to its own photo). Guards against bad measurements; lower it for "
+                        "close-up head photos."
+                    ),
+                ),
+                io.Float.Input(
+                    "scale_max",
+                    default=2.0,
+                    min=1.0,
+                    max=20.0,
+                    step=0.01,
+                    tooltip="Largest allowed scale, relative to the size ratio of the two canvases.",
+                ),
+                io.Float.Input(
+                    "max_rotation",
+                    default=0.0,
+                    min=0.0,
+                    max=45.0,
+                    step=0.5,
+                    tooltip=(
+                        "Largest rotation in degrees (0 = never rotate). Layout mode turns the head to the tilt of "
+                        "the body's own head; keypoint mode follows the shoulder line."
+                    ),
+                ),
+                io.Float.Input(
+                    "scale_nudge",
+                    default=1.0,
+                    min=0.25,
+                    max=4.0,
+                    step=0.01,
+                    tooltip="Multiplies the estimated scale, about the neck point (the neck stays attached).",
+                ),
+                io.Int.Input(
+                    "offset_x", default=0, min=-8192, max=8192, tooltip="Moves the head right (pixels of the body)."
+                ),
+                io.Int.Input(
+                    "offset_y", default=0, min=-8192, max=8192, tooltip="Moves the head down (pixels of the body)."
+                ),
+                PoseKeypoint.Input(
+                    "head_pose", optional=True, tooltip="OpenPose keypoints of the head photo (POSE_KEYPOINT)."
+                ),
+                PoseKeypoint.Input(
+                    "body_pose", optional=True, tooltip="OpenPose keypoints of the body photo (POSE_KEYPOINT)."
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image"),
+                HeadSwapLayout.Output(display_name="layout"),
+                io.Mask.Output(display_name="valid_mask"),
+                HeadSwapTransform.Output(display_name="transform"),
+                io.String.Output(display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        head_image: torch.Tensor,
+        head_layout: SemanticLayout,
+        body_layout: SemanticLayout,
+        mode: str,
+        scale_min: float,
+        scale_max: float,
+        max_rotation: float,
+        scale_nudge: float,
+        offset_x: int,
+        offset_y: int,
+        head_pose=None,
+        body_pose=None,
+    ) -> io.NodeOutput:
+        if tuple(head_image.shape[1:3]) != (head_layout.height, head_layout.width):
+            raise ValueError(
+                f"head_image is {head_image.shape[2]}×{head_image.shape[1]} but head_layout is "
+                f"{head_layout.width}×{head_layout.height}; give the layout parsed from this image"
+            )
+        image, labels = broadcast_batches(("head_image", head_image), ("head_layout", head_layout.labels))
+        head_layout = head_layout.with_labels(labels.contiguous()) if labels is not head_layout.labels else head_layout
+        options = AlignmentOptions(
+            mode=mode,
+            scale_min=scale_min,
+            scale_max=scale_max,
+            max_rotation=max_rotation,
+            scale_nudge=scale_nudge,
+            offset=(float(offset_x), float(offset_y)),
+        )
+        transform: HeadTransform = estimate_alignment(head_layout, body_layout, options, head_pose, body_pose)
+        warped = warp_head(image, head_layout, transform)
+        return io.NodeOutput(warped.image, warped.layout, warped.valid, transform, transform.describe())
+
+
+NODES = [HeadSwapNeckAlign]
