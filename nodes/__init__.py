@@ -6,7 +6,7 @@ Model folders are registered when this package is imported (ComfyUI 0.3.75 never
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import diffusion, layout_io, layout_stages, neck_align, parsing
+from . import diffusion, layout_io, layout_stages, neck_align, parsing, paste_back, sampling, sources
 from .folders import register_model_folders
 
 register_model_folders()
@@ -17,6 +17,9 @@ NODES: list[type[io.ComfyNode]] = [
     *layout_stages.NODES,
     *diffusion.NODES,
     *parsing.NODES,
+    *sources.NODES,
+    *sampling.NODES,
+    *paste_back.NODES,
 ]
 
 

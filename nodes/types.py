@@ -20,6 +20,17 @@ with one ``{"people": [{"pose_keypoints_2d": [x, y, c, …]}], "canvas_width", "
     name       file name in the headswap_parsing folder
     kind       "BiSeNet" or "SegFormer"
     dtype      compute dtype of the weights
+
+``HEADSWAP_MIX_SOURCES`` carries a tuple of :class:`nodes.sampling.MixSource` (further sources for the
+semantic-mixing sampler, layered over the head and body in chain order):
+    latent     (B,C,h,w) float raw latent (as VAEEncode returns it)
+    mask       (B,H,W) float keep mask, 1 where this source is kept; at latent size or a whole multiple of it
+    name       label used in error messages ("source 1", …)
+
+LATENT dicts made by ``HeadSwapEncodeSources`` carry one extra key besides ``samples``:
+    "headswap_inpaint_canvas"  a :class:`nodes.sources.InpaintCanvas`: the head-over-body canvas with the
+                               transition region painted grey and the VAE, encoded only when a 9-channel
+                               inpainting MODEL needs its masked-image input
 """
 
 from comfy_api.latest import io
@@ -28,3 +39,4 @@ HeadSwapLayout = io.Custom("HEADSWAP_LAYOUT")
 HeadSwapTransform = io.Custom("HEADSWAP_TRANSFORM")
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 HeadSwapParser = io.Custom("HEADSWAP_PARSER")
+HeadSwapMixSources = io.Custom("HEADSWAP_MIX_SOURCES")

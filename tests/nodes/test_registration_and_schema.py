@@ -15,11 +15,14 @@ from pathlib import Path
 from hs_testing import PACK_DIR
 
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.json")
-# Combos whose options are files on disk: only their presence is snapshotted.
+# Combos whose options are files on disk or come from ComfyUI itself (its sampler and scheduler lists grow
+# between versions): only their presence is snapshotted.
 DYNAMIC_COMBOS = {
     ("HeadSwapLoadLayout", "image"),
     ("HeadSwapDiffusionLoader", "ckpt_name"),
     ("HeadSwapParsingModelLoader", "model_name"),
+    ("HeadSwapSemanticMixingKSampler", "sampler_name"),
+    ("HeadSwapSemanticMixingKSampler", "scheduler"),
 }
 
 
