@@ -189,9 +189,10 @@ class HeadSwapVQVAE(comfy.sd.VAE):
     """The VQ-f4 first stage as a core ``VAE`` (encode/decode, tiled, batching, model management).
 
     ``comfy.sd.VAE.__init__`` detects KL autoencoders from a state dict and cannot build this one, so
-    the attributes its methods read are set here; everything else (batch splitting by free memory,
-    ``load_models_gpu``, tiling, cropping to multiples of 4) is core code. The autoencoder runs in
-    float32 (quantisation picks the nearest code, which lower precision can flip).
+    the attributes its methods read are set here, with the values core gives a plain image VAE (the
+    union over ComfyUI 0.3.75 and newer: README "Compatibility"); everything else (batch splitting by
+    free memory, ``load_models_gpu``, tiling, cropping to multiples of 4) is core code. The autoencoder
+    runs in float32 (quantisation picks the nearest code, which lower precision can flip).
     """
 
     def __init__(self, vq: VQAutoencoder, ch: int):
@@ -208,8 +209,9 @@ class HeadSwapVQVAE(comfy.sd.VAE):
         self.latent_dim = 2
         self.input_channels = self.output_channels = self.real_output_channels = 3
         self.pad_channel_value = None
-        self.process_input = lambda image: image * 2.0 - 1.0
-        self.process_output = lambda image: torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+        self.process_input = lambda image: image * 2.0 - 1.0  # never in place: it gets the caller's IMAGE
+        # In place and returned: newer ComfyUI decodes into a preallocated buffer and ignores the return value.
+        self.process_output = lambda image: image.add_(1.0).div_(2.0).clamp_(0.0, 1.0)
         self.working_dtypes = [torch.float32]
         self.disable_offload = False
         self.not_video = False
@@ -217,6 +219,8 @@ class HeadSwapVQVAE(comfy.sd.VAE):
         self.downscale_index_formula = self.upscale_index_formula = None
         self.extra_1d_channel = None
         self.crop_input = True
+        self.handles_tiling = False  # read by newer ComfyUI's encode/decode; core's default
+        self.format_encoded = None  # likewise: no post-processing of encoded latents
         self.device = mm.vae_device()
         self.vae_dtype = torch.float32
         self.output_device = mm.intermediate_device()

@@ -136,6 +136,12 @@ def _bytes_per_image(parser: FaceParser) -> int:
     return factor * size * size * torch.finfo(parser.dtype).bits // 8
 
 
+def _free_memory(patcher, device) -> int:
+    """Free memory for activations: newer ComfyUI's patchers also count what DynamicVRAM can evict on demand."""
+    patcher_free = getattr(patcher, "get_free_memory", None)  # a ModelPatcher method in newer ComfyUI only
+    return patcher_free(device) if callable(patcher_free) else mm.get_free_memory(device)
+
+
 def parse_with(
     parser: FaceParser,
     image: torch.Tensor,
@@ -150,7 +156,7 @@ def parse_with(
     chunk = max(1, min(_MAX_CHUNK, batch))
     mm.load_models_gpu([parser.patcher], memory_required=per_image * chunk, force_full_load=True)
     device = parser.patcher.load_device
-    chunk = max(1, min(chunk, int(mm.get_free_memory(device) * 0.8) // per_image))
+    chunk = max(1, min(chunk, int(_free_memory(parser.patcher, device) * 0.8) // per_image))
     progress = comfy.utils.ProgressBar(batch * (1 if mode == WHOLE_IMAGE else 2))
     network = parser.network
 

@@ -305,9 +305,11 @@ class SemanticMixGuider(comfy.samplers.CFGGuider):
             return super().predict_noise(x, timestep, model_options, seed)
         transition = transition.to(x)
         composite = self._composite_in(run, x)
+        # core KSamplerX0Inpaint's keywords (newer ComfyUI adds denoise_mask; all overrides accept **kwargs)
         known = self.inner_model.scale_latent_inpaint(
-            x=x, sigma=timestep, noise=self._fresh_noise(run, run.plan.step_of(timestep), x), latent_image=composite
-        )
+            x=x, sigma=timestep, noise=self._fresh_noise(run, run.plan.step_of(timestep), x), latent_image=composite,
+            denoise_mask=transition,
+        )  # fmt: skip
         denoised = super().predict_noise(mix_input(x, transition, known), timestep, model_options, seed)
         return mix_output(denoised, transition, composite)
 

@@ -6,6 +6,7 @@ import shutil
 
 import comfy.model_base
 import comfy.model_management as mm
+import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
 import comfy.sd
@@ -17,8 +18,10 @@ from comfy_extras import nodes_custom_sampler as custom
 import nodes as core_nodes
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
-from comfyui_hs_diffusion.nodes.diffusion_model import HeadSwapDiffusionModel, HeadSwapVQVAE
+from comfyui_hs_diffusion.hs_models.ldm import read_ldm_checkpoint
+from comfyui_hs_diffusion.nodes.diffusion_model import HeadSwapDiffusionModel, HeadSwapVQVAE, build_model
 from hs_testing.ldm import expected, write_foreign_checkpoint
+from hs_testing.tiny_models import tiny_vae
 
 TOL_COND, TOL_EPS, TOL_DECODE, TOL_DDIM = 1e-6, 1e-4, 1e-4, 1e-3
 FOLDER = "headswap_diffusion"
@@ -84,6 +87,34 @@ def test_loader_outputs_core_types(loaded):
     assert layers and all(hasattr(m, "comfy_cast_weights") for m in layers)
     assert model.model.num_classes == 5
     assert vae.downscale_ratio == 4 and vae.latent_channels == 3 and vae.vae_dtype == torch.float32
+    # newer ComfyUI resizes empty latents (EmptyLatentImage: f = 8) by this ratio before sampling
+    assert latent_format.spacial_downscale_ratio == vae.spacial_compression_encode() == 4
+
+
+def test_loader_follows_dynamic_vram_where_comfyui_has_it(tiny_ldm, monkeypatch):
+    """Newer ComfyUI (README "Compatibility"): ``CoreModelPatcher`` becomes ``ModelPatcherDynamic`` at start-up and
+    ``BaseModel.load_model_weights`` takes ``assign=``. Simulated here: the loader must use the patcher class it
+    finds at call time and pass ``assign=is_dynamic()`` to every loader whose signature takes it."""
+
+    class DynamicPatcher(comfy.model_patcher.ModelPatcher):
+        def is_dynamic(self):
+            return True
+
+    seen = {}
+    original = HeadSwapDiffusionModel.load_model_weights
+
+    def load_model_weights(self, sd, unet_prefix="", assign=False):  # newer core's signature
+        seen["assign"] = assign
+        return original(self, sd, unet_prefix)
+
+    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", DynamicPatcher, raising=False)
+    monkeypatch.setattr(HeadSwapDiffusionModel, "load_model_weights", load_model_weights)
+    checkpoint = read_ldm_checkpoint(tiny_ldm["ema"], "auto")
+    patcher = build_model(checkpoint, "fp32")
+    assert type(patcher) is DynamicPatcher and seen == {"assign": True}
+    # τ_θ went through torch's load_state_dict(assign=True): its parameter is the checkpoint tensor, not a copy
+    weight = patcher.model.layout_encoder.channel_mapper.weight
+    assert weight.data_ptr() == checkpoint.layout_encoder["channel_mapper.weight"].data_ptr()
 
 
 def test_latent_previews_use_the_rgb_factors(loaded, ref):
@@ -216,6 +247,38 @@ def test_vae_without_quantisation_and_tiled_nodes(pack_nodes, model_dir, loaded,
     assert images.shape == (1, 80, 128, 3) and images.min() >= 0 and images.max() <= 1
     # encode crops to multiples of 4 like every core VAE
     assert core_nodes.VAEEncode().encode(vae, torch.rand(1, 66, 67, 3))[0]["samples"].shape == (1, 3, 16, 16)
+
+
+# Set by newer ComfyUI on every VAE, read only by its audio nodes (comfy/sd.py VAE.__init__).
+AUDIO_ONLY_VAE_ATTRIBUTES = {"audio_sample_rate"}
+
+
+def test_vae_sets_every_attribute_a_core_vae_sets(loaded):
+    """The VQ VAE skips core's ``__init__``: whatever the running ComfyUI sets on its own VAEs (and its methods
+    may read) must exist here too. On a newer ComfyUI this fails as soon as core adds an attribute."""
+    core = tiny_vae(channels=3, downscale=4)
+    vae = loaded["ema"][1]
+    assert not set(vars(core)) - set(vars(vae)) - AUDIO_ONLY_VAE_ATTRIBUTES
+    # read unconditionally by newer ComfyUI's encode/decode (README "Compatibility"); core's image-VAE defaults
+    assert vae.handles_tiling is False and vae.format_encoded is None
+
+
+def test_vae_output_processing_works_in_place(loaded, ref):
+    """Newer ComfyUI decodes into a preallocated buffer and calls ``process_output`` on a slice of it without
+    using the return value; 0.3.75 uses the return value. Both must give the same 0..1 image."""
+    vae = loaded["ema"][1]
+    raw = vae.first_stage_model.decode(ref["fs_h"]).float()  # about −1..1
+    expected_image = ((raw + 1.0) / 2.0).clamp(0.0, 1.0)
+    buffer = torch.empty((2, *raw.shape[1:]))
+    buffer[1:].copy_(raw)
+    returned = vae.process_output(buffer[1:])
+    assert _max_diff(buffer[1:], expected_image) == 0.0 and _max_diff(returned, expected_image) == 0.0
+    assert returned.data_ptr() == buffer[1:].data_ptr()
+    # process_input must not touch the caller's IMAGE
+    image = torch.rand(1, 16, 16, 3)
+    before = image.clone()
+    vae.process_input(image)
+    assert torch.equal(image, before)
 
 
 def _latent(ref, size=16):

@@ -166,6 +166,30 @@ def test_batches_run_in_chunks_with_progress(pack_nodes, tiny_segformer, monkeyp
     assert calls[0] == (2, 3) and calls[-1] == (3, 3)
 
 
+def test_chunks_follow_the_patchers_free_memory_where_comfyui_has_it(pack_nodes, tiny_segformer, monkeypatch):
+    """Newer ComfyUI's ``ModelPatcher.get_free_memory`` also counts VRAM that DynamicVRAM frees on demand, and core
+    sizes its batches by it; the parser does the same where the method exists (0.3.75: ``mm.get_free_memory``)."""
+    import comfy.utils
+
+    from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
+
+    per_image = parsing_nodes._bytes_per_image(tiny_segformer)
+    asked = []
+
+    def get_free_memory(device):
+        asked.append(device)
+        return per_image  # room for one image at a time
+
+    monkeypatch.setattr(tiny_segformer.patcher, "get_free_memory", get_free_memory, raising=False)
+    calls = []
+    monkeypatch.setattr(
+        comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: calls.append((value, total))
+    )
+    _parse(pack_nodes, tiny_segformer, torch.rand(3, 64, 64, 3))
+    assert asked == [tiny_segformer.patcher.load_device]
+    assert calls[:3] == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_interrupts_stop_the_parse(pack_nodes, tiny_segformer):
     import comfy.model_management as mm
 

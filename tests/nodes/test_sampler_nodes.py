@@ -171,6 +171,31 @@ def test_empty_transition_returns_the_sources_and_full_transition_equals_plain_s
     assert torch.equal(ours["samples"], plain["samples"])
 
 
+def test_fresh_noise_calls_scale_latent_inpaint_like_core(pack_nodes, hs_like, monkeypatch):
+    """Fresh noise re-noises the sources through the model's ``scale_latent_inpaint`` with the keywords core's
+    KSamplerX0Inpaint passes in newer ComfyUI (which adds ``denoise_mask``), the mask being the transition."""
+    model, vae = hs_like
+    encoded = _encode(pack_nodes, vae)
+    model_class = type(model.model)
+    original = model_class.scale_latent_inpaint
+    calls = []
+
+    def recording(self, **kwargs):
+        calls.append(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(model_class, "scale_latent_inpaint", recording)
+    out = _ksampler(pack_nodes, model, encoded, noise_mode="fresh", cfg=1.0)["samples"]
+    assert len(calls) == 2  # euler, two steps, one model evaluation each
+    _, head_keep, _, body_keep = encoded
+    transition = 1.0 - (head_keep + body_keep).clamp(max=1.0)
+    for kwargs in calls:
+        assert set(kwargs) == {"x", "sigma", "noise", "latent_image", "denoise_mask"}
+        assert torch.equal(kwargs["denoise_mask"][:, 0], transition)
+    head, _, _ = _regions(encoded, out)
+    assert torch.equal(out[head], encoded[0]["samples"][head])
+
+
 def test_batches_of_one_and_three(pack_nodes, hs_like):
     model, vae = hs_like
     head_latent, head_keep, body_latent, body_keep = _encode(pack_nodes, vae, batch=1)
