@@ -1,4 +1,4 @@
-"""Layout I/O nodes: load a label map from an image, preview it, turn classes into a MASK."""
+"""Layout I/O nodes: load a label map from an image, preview it, turn classes into a MASK, convert label sets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 from PIL import Image
 
-from ..hs_models.labels import LABEL_SETS, get_label_set
+from ..hs_models.labels import LABEL_SETS, PAPER5, convert_labels, get_label_set
 from ..hs_models.layout import (
     SemanticLayout,
     colorize,
@@ -187,4 +187,38 @@ class HeadSwapLayoutToMask(io.ComfyNode):
         return io.NodeOutput(layout.mask_of(ids))
 
 
-NODES = [HeadSwapLoadLayout, HeadSwapLayoutPreview, HeadSwapLayoutToMask]
+class HeadSwapConvertLayout(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapConvertLayout",
+            display_name="Convert Layout (HeadSwap)",
+            category=CATEGORY,
+            description=(
+                "Renumbers a layout into another label set, e.g. the pack's canonical8 layouts into the paper's "
+                "paper5 classes for a diffusion model trained on them: hat joins hair, arms and other join clothes "
+                "(method.md §3.2). UNKNOWN pixels stay UNKNOWN. A layout already in the chosen set passes unchanged."
+            ),
+            inputs=[
+                HeadSwapLayout.Input("layout"),
+                io.Combo.Input(
+                    "label_set",
+                    options=list(LABEL_SETS),
+                    default=PAPER5.name,
+                    tooltip="The label set to convert to: the one your diffusion model was trained with.",
+                ),
+            ],
+            outputs=[HeadSwapLayout.Output(display_name="layout")],
+        )
+
+    @classmethod
+    def execute(cls, layout: SemanticLayout, label_set: str) -> io.NodeOutput:
+        target = get_label_set(label_set)
+        try:
+            labels = convert_labels(layout.labels, layout.label_set, target)
+        except ValueError as e:
+            raise ValueError(f"layout: {e}") from None
+        return io.NodeOutput(SemanticLayout(labels, target))
+
+
+NODES = [HeadSwapLoadLayout, HeadSwapLayoutPreview, HeadSwapLayoutToMask, HeadSwapConvertLayout]

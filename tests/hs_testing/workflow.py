@@ -96,7 +96,8 @@ def _depths(prompt: dict) -> dict[str, int]:
 def api_to_ui(prompt: dict, object_info: dict) -> dict:
     """Lay out an API prompt (integer-string ids) as a UI workflow: one column per graph depth.
 
-    ``_meta.title`` of a prompt node becomes the UI node's title.
+    ``_meta`` of a prompt node may set the UI node's ``title``, its ``pos`` and ``size`` (canvas pixels; the
+    automatic layout otherwise) and a ``group``: nodes of one group are framed by a titled UI group.
     """
     depth = _depths(prompt)
     ids = sorted(prompt, key=lambda i: (depth[i], int(i)))
@@ -129,12 +130,13 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
             else:
                 inputs.append({"name": name, "type": spec[0], "link": None})
         widgets += ["image"] * _upload_values(specs)
+        meta = entry.get("_meta", {})
         height = 46 + 26 * (len(widgets) + max(len(inputs), len(info["output"])))
         node = {
             "id": int(node_id),
             "type": entry["class_type"],
-            "pos": [40 + 360 * depth[node_id], 40 + column_y[depth[node_id]]],
-            "size": [320, height],
+            "pos": list(meta.get("pos", [40 + 360 * depth[node_id], 40 + column_y[depth[node_id]]])),
+            "size": list(meta.get("size", [320, height])),
             "flags": {},
             "order": order,
             "mode": 0,
@@ -143,9 +145,9 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
             "properties": {"Node name for S&R": entry["class_type"]},
             "widgets_values": widgets,
         }
-        if entry.get("_meta", {}).get("title"):
-            node["title"] = entry["_meta"]["title"]
-        column_y[depth[node_id]] += height + 60
+        if meta.get("title"):
+            node["title"] = meta["title"]
+        column_y[depth[node_id]] += node["size"][1] + 60
         nodes.append(node)
     for node in nodes:
         info = object_info[node["type"]]
@@ -158,11 +160,36 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
         "last_link_id": len(links),
         "nodes": nodes,
         "links": links,
-        "groups": [],
+        "groups": _groups(prompt, nodes),
         "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [120, 80]}},
         "version": 0.4,
     }
+
+
+_GROUP_PAD, _TITLE_BAR, _GROUP_TITLE = 20, 30, 40
+
+
+def _groups(prompt: dict, nodes: list[dict]) -> list[dict]:
+    """One UI group per ``_meta.group`` name, framing its nodes (title bars included), in first-seen order."""
+    boxes: dict[str, list[float]] = {}
+    for node in nodes:
+        name = prompt[str(node["id"])].get("_meta", {}).get("group")
+        if not name:
+            continue
+        (x, y), (w, h) = node["pos"], node["size"]
+        box = [x, y - _TITLE_BAR, x + w, y + h]
+        if name in boxes:
+            old = boxes[name]
+            box = [min(old[0], box[0]), min(old[1], box[1]), max(old[2], box[2]), max(old[3], box[3])]
+        boxes[name] = box
+    order = {name: i for i, name in enumerate(dict.fromkeys(e.get("_meta", {}).get("group") for e in prompt.values()))}
+    groups = []
+    for name, (x0, y0, x1, y1) in sorted(boxes.items(), key=lambda item: order[item[0]]):
+        top = y0 - _GROUP_TITLE
+        bounding = [x0 - _GROUP_PAD, top, x1 - x0 + 2 * _GROUP_PAD, y1 - top + _GROUP_PAD]
+        groups.append({"title": name, "bounding": bounding, "color": "#3f789e", "font_size": 24, "flags": {}})
+    return groups
 
 
 def _widget_default(spec: list):

@@ -88,3 +88,19 @@ def test_layout_to_mask(pack_nodes):
     assert torch.equal(mask.bool(), (labels == 1) | (labels == UNKNOWN))
     with pytest.raises(ValueError, match="'hat' is not a class of label set 'paper5'"):
         node.execute(layout=SemanticLayout(torch.zeros(1, 2, 2, dtype=torch.int64), PAPER5), classes="hat")
+
+
+def test_convert_layout_to_paper5(pack_nodes):
+    labels = _labels(CANONICAL, seed=3)[None].repeat(2, 1, 1)
+    node = pack_nodes["HeadSwapConvertLayout"]
+    converted = node.execute(layout=SemanticLayout(labels, CANONICAL), label_set="paper5").result[0]
+    assert converted.label_set is PAPER5 and converted.labels.shape == labels.shape
+    names = {"hat": "hair", "arms": "clothes", "other": "clothes"}
+    for source_id, name in enumerate(CANONICAL.class_names):
+        target = PAPER5.index(names.get(name, name))
+        assert (converted.labels[labels == source_id] == target).all(), name
+    assert (converted.labels[labels == UNKNOWN] == UNKNOWN).all() and (labels == UNKNOWN).any()
+    same = SemanticLayout(_labels(PAPER5)[None], PAPER5)
+    assert node.execute(layout=same, label_set="paper5").result[0].labels is same.labels
+    with pytest.raises(ValueError, match=r"layout: cannot convert layouts from label set 'paper5' to 'canonical8'"):
+        node.execute(layout=same, label_set="canonical8")

@@ -1,0 +1,167 @@
+"""The semantic-mixing sampler with the paper's model, in-process: the HeadSwap LDM MODEL and its VQ VAE from
+Load Semantic-Mixing LDM (the tiny fixture checkpoint), the layout through Layout Conditioning, the sources
+through Encode Sources. Kept regions equal the source latents exactly in both noise modes, shared noise is
+core noise-mask inpainting bit for bit, the layout steers the generated region, and VAE/MODEL mismatches
+are named before any sampling."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5
+from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
+from hs_testing.ldm import expected
+from hs_testing.tiny_models import conditioning, tiny_model, tiny_vae
+
+SIZE = 64  # pixels: 16×16 latent cells of the VQ-f4 autoencoder
+CKPT = "tiny_ema.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _inference_mode():
+    """ComfyUI's executor runs every node under inference mode."""
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def ref(fixtures_dir):
+    return expected(fixtures_dir)
+
+
+@pytest.fixture(scope="module")
+def hs_ldm(pack_nodes, comfy_dirs, tiny_ldm):
+    """(MODEL, VAE) of the tiny fixture LDM, loaded by the pack's loader node."""
+    shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
+    loader = pack_nodes["HeadSwapDiffusionLoader"]
+    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result
+
+
+def _layout_conditioning(pack_nodes, labels: torch.Tensor):
+    layout = SemanticLayout(labels[None].long(), PAPER5)
+    return pack_nodes["HeadSwapLayoutConditioning"].execute(layout=layout, unknown_labels="error").result
+
+
+def _sources(ref):
+    """Head and body photos (the fixture's 64×64 astronaut and its mirror image) and block-aligned masks."""
+    body = ((ref["image"][0].permute(1, 2, 0) + 1.0) / 2.0).clamp(0, 1)[None]
+    head = body.flip(2)
+    head_mask, body_mask = torch.zeros(1, SIZE, SIZE), torch.zeros(1, SIZE, SIZE)
+    head_mask[:, :24] = 1.0  # 6 rows of cells kept from the head, 6 from the body, 4 generated between
+    body_mask[:, 40:] = 1.0
+    return head, head_mask, body, body_mask
+
+
+def _encode(pack_nodes, vae, ref):
+    head, head_mask, body, body_mask = _sources(ref)
+    return pack_nodes["HeadSwapEncodeSources"].execute(vae, head, head_mask, body, body_mask).result
+
+
+def _sample(pack_nodes, model, positive, negative, encoded, **options):
+    args = dict(
+        seed=7, steps=4, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, noise_mode="fresh",
+        fusion_start=0.0, fusion_end=1.0, mask_dilation="", soft_masks="blend", final_fusion=True,
+    )  # fmt: skip
+    args.update(options)
+    node = pack_nodes["HeadSwapSemanticMixingKSampler"]
+    return node.execute(model, positive, negative, *encoded, **args).result[0]["samples"]
+
+
+def _regions(encoded, like):
+    head = encoded[1][:, None].bool().expand_as(like)
+    body = encoded[3][:, None].bool().expand_as(like)
+    return head, body, ~(head | body)
+
+
+def test_encode_sources_with_the_vq_vae_gives_its_pre_quantisation_latents(pack_nodes, hs_ldm, ref):
+    import nodes as core_nodes
+
+    _, vae = hs_ldm
+    encoded = _encode(pack_nodes, vae, ref)
+    head, _, body, _ = _sources(ref)
+    assert encoded[2]["samples"].shape == (1, 3, SIZE // 4, SIZE // 4)
+    assert torch.equal(encoded[2]["samples"], core_nodes.VAEEncode().encode(vae, body)[0]["samples"])
+    assert torch.equal(encoded[0]["samples"], core_nodes.VAEEncode().encode(vae, head)[0]["samples"])
+    # the fixture's reference encoder output (pre-quantisation h) for the same 64×64 astronaut
+    assert float((encoded[2]["samples"] - ref["fs_h"]).abs().max()) <= 1e-4
+    assert encoded[1].shape == (1, 16, 16) and int(encoded[1].sum()) == 6 * 16 and int(encoded[3].sum()) == 6 * 16
+
+
+@pytest.mark.parametrize("noise_mode", ["shared", "fresh"])
+def test_kept_regions_equal_the_source_latents_exactly(pack_nodes, hs_ldm, ref, noise_mode):
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    encoded = _encode(pack_nodes, vae, ref)
+    out = _sample(pack_nodes, model, positive, negative, encoded, noise_mode=noise_mode)
+    head, body, transition = _regions(encoded, out)
+    assert torch.equal(out[head], encoded[0]["samples"][head])
+    assert torch.equal(out[body], encoded[2]["samples"][body])
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out[transition], encoded[2]["samples"][transition])
+    assert not torch.equal(out[transition], encoded[0]["samples"][transition])
+    assert vae.decode(out).shape == (1, SIZE, SIZE, 3)
+
+
+def test_shared_noise_equals_core_noise_mask_inpainting_with_the_layout_model(pack_nodes, hs_ldm, ref):
+    import nodes as core_nodes
+
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    encoded = head_latent, head_keep, body_latent, body_keep = _encode(pack_nodes, vae, ref)
+    composite = body_latent["samples"] * body_keep[:, None] + head_latent["samples"] * head_keep[:, None]
+    latent = {"samples": composite, "noise_mask": 1.0 - head_keep - body_keep}
+    core = core_nodes.KSampler().sample(model, 7, 4, 1.0, "ddim", "ddim_uniform", positive, negative, latent, 1.0)[0]
+    ours = _sample(pack_nodes, model, positive, negative, encoded, noise_mode="shared", final_fusion=False)
+    assert torch.equal(ours, core["samples"])
+
+
+def test_the_layout_steers_the_generated_region_only(pack_nodes, hs_ldm, ref):
+    model, vae = hs_ldm
+    encoded = _encode(pack_nodes, vae, ref)
+    first = _sample(pack_nodes, model, *_layout_conditioning(pack_nodes, ref["layout"][0]), encoded)
+    second = _sample(pack_nodes, model, *_layout_conditioning(pack_nodes, ref["layout"][1]), encoded)
+    head, body, transition = _regions(encoded, first)
+    assert torch.equal(first[head | body], second[head | body])
+    assert float((first[transition] - second[transition]).abs().max()) > 1e-3
+
+
+def test_guider_with_the_layout_model_equals_the_ksampler(pack_nodes, hs_ldm, ref):
+    from comfy_extras import nodes_custom_sampler as custom
+
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    encoded = _encode(pack_nodes, vae, ref)
+    guider = (
+        pack_nodes["HeadSwapSemanticMixGuider"]
+        .execute(model, positive, negative, *encoded, 1.0, "fresh", 0.0, 1.0, "", "blend", True)
+        .result[0]
+    )
+    sigmas = custom.BasicScheduler.execute(model, "ddim_uniform", 4, 1.0).result[0]
+    sampler = custom.KSamplerSelect.execute("ddim").result[0]
+    noise = custom.RandomNoise.execute(7).result[0]
+    empty = {"samples": torch.zeros_like(encoded[2]["samples"])}
+    out = custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, empty).result[0]
+    assert torch.equal(out["samples"], _sample(pack_nodes, model, positive, negative, encoded))
+
+
+def test_vae_model_and_layout_mismatches_are_named(pack_nodes, hs_ldm, ref):
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    sd_encoded = _encode(pack_nodes, tiny_vae(channels=4, downscale=8, seed=1), ref)
+    with pytest.raises(ValueError, match=r"the source latents have 4 channels but the MODEL works on 3-channel"):
+        _sample(pack_nodes, model, positive, negative, sd_encoded)
+    hs_encoded = _encode(pack_nodes, vae, ref)
+    sd_model = tiny_model(channels=4, seed=0)
+    with pytest.raises(ValueError, match=r"the source latents have 3 channels but the MODEL works on 4-channel"):
+        _sample(pack_nodes, sd_model, conditioning(seed=1), conditioning(seed=2), hs_encoded)
+    # a canonical8 layout for this paper5 model: converted with Convert Layout it samples
+    canonical = SemanticLayout(torch.full((1, SIZE, SIZE), CANONICAL.index("hat")), CANONICAL)
+    wrong = pack_nodes["HeadSwapLayoutConditioning"].execute(layout=canonical, unknown_labels="error").result
+    with pytest.raises(ValueError, match=r"has 8 classes, but this model's layout encoder τ_θ expects 5"):
+        _sample(pack_nodes, model, *wrong, hs_encoded, steps=1)
+    converted = pack_nodes["HeadSwapConvertLayout"].execute(layout=canonical, label_set="paper5").result[0]
+    right = pack_nodes["HeadSwapLayoutConditioning"].execute(layout=converted, unknown_labels="error").result
+    assert torch.isfinite(_sample(pack_nodes, model, *right, hs_encoded, steps=1)).all()
