@@ -2,7 +2,7 @@
 
 Benchmarks print ratios against a baseline measured in the same run, never absolute pass/fail
 thresholds. Peak memory is the peak above the level before the call: CUDA allocator statistics on a
-GPU, resident set size sampled every millisecond on the CPU.
+GPU, the kernel's peak resident set size (reset before each call) on the CPU.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import importlib.util
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,33 +45,29 @@ def load_comfy_and_pack(cpu: bool | None = None):
     return importlib.import_module(PACK_NAME)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 class _PeakRSS:
-    def __init__(self, interval: float = 0.001):
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
+    """Peak resident set size during a block, read from the kernel (no sampling thread).
+
+    Writing 5 to /proc/self/clear_refs resets the process's peak RSS (VmHWM) to its current RSS, so the
+    peak after the block is exact and nothing competes with the measured code for the GIL or a core.
+    """
 
     def __enter__(self):
-        self.start = _rss_bytes()
-        self.peak = self.start
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self.start = _status_kib("VmRSS")
         return self
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = _status_kib("VmHWM")
 
 
 @dataclass
