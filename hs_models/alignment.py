@@ -29,6 +29,7 @@ import kornia
 import numpy as np
 import torch
 
+from .batching import common_batch_size
 from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .log import logger
@@ -407,12 +408,7 @@ def estimate_alignment(
             f"scale_min ({options.scale_min}) must be positive and at most scale_max ({options.scale_max})"
         )
     hb, bb = head_layout.batch_size, body_layout.batch_size
-    if hb != bb and 1 not in (hb, bb):
-        raise ValueError(
-            f"batch sizes do not match (head_layout has {hb}, body_layout has {bb}); give both the same batch "
-            f"size, or a batch of 1 to use for every item"
-        )
-    batch = max(hb, bb)
+    batch = common_batch_size({"head_layout": hb, "body_layout": bb})
     head_size = (head_layout.height, head_layout.width)
     body_size = (body_layout.height, body_layout.width)
     head_geo = measure_neck(head_layout)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batching import common_batch_size
 from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, dilate_np, erode_np
@@ -60,11 +61,6 @@ def check_same_canvas(a: SemanticLayout, a_name: str, b: SemanticLayout, b_name:
         )
 
 
-def _broadcast(*arrays: np.ndarray) -> list[np.ndarray]:
-    batch = max(a.shape[0] for a in arrays)
-    return [np.broadcast_to(a, (batch, *a.shape[1:])) if a.shape[0] == 1 else a for a in arrays]
-
-
 def blend_layouts(
     head: SemanticLayout,
     body: SemanticLayout,
@@ -78,13 +74,9 @@ def blend_layouts(
     for name, value in (("head_erosion", head_erosion), ("body_erosion", body_erosion), ("seam_band", seam_band)):
         if not 0 <= value <= 0.25:
             raise ValueError(f"{name} must be a fraction of the image size between 0 and 0.25, got {value}")
-    if head.batch_size != body.batch_size and 1 not in (head.batch_size, body.batch_size):
-        raise ValueError(
-            f"batch sizes do not match (head_layout has {head.batch_size}, body_layout has {body.batch_size}); "
-            f"give both the same batch size, or a batch of 1 to use for every item"
-        )
+    batch = common_batch_size({"head_layout": head.batch_size, "body_layout": body.batch_size})
     label_set = body.label_set
-    l1, l2 = _broadcast(as_numpy(head.labels), as_numpy(body.labels))
+    l1, l2 = (np.broadcast_to(a, (batch, *a.shape[1:])) for a in (as_numpy(head.labels), as_numpy(body.labels)))
     height, width = l2.shape[1:]
     ids = {group: label_set.group_ids(group) for group in ("head", "neck", "body", "person")}
     background = label_set.index("background")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batching import common_batch_size
 from .blending import check_same_canvas
 from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, erode_square_np, remove_small_components_np
@@ -72,13 +73,7 @@ def calibrate_masks(
         "head_mask": as_numpy(head_mask),
         "body_mask": as_numpy(body_mask),
     }
-    batch = max(a.shape[0] for a in arrays.values())
-    if any(a.shape[0] not in (1, batch) for a in arrays.values()):
-        listing = ", ".join(f"{name} has {a.shape[0]}" for name, a in arrays.items())
-        raise ValueError(
-            f"batch sizes do not match ({listing}); give each input the same batch size, or a batch of 1 to use "
-            f"for every item"
-        )
+    batch = common_batch_size({name: a.shape[0] for name, a in arrays.items()})
     labels, l2, head, body = (np.broadcast_to(a, (batch, *a.shape[1:])) for a in arrays.values())
     label_set = layout.label_set
     head = (head > 0.5) & class_mask_np(labels, label_set.group_ids("head"))

@@ -36,6 +36,7 @@ from ..hs_models.mixing import (
     parse_dilation_schedule,
     step_noise,
 )
+from ._tensors import broadcast_batches
 from .sources import CANVAS_KEY
 from .types import HeadSwapMixSources
 
@@ -148,16 +149,7 @@ def collect_sources(
         latents.append((latent_name, latent.to(torch.float32)))
         keeps.append((mask_name, keep_mask_to_latent(mask.clamp(0.0, 1.0), (h, w)).unsqueeze(1)))
         named.append(latent_name.removesuffix("_latent").removesuffix(" latent"))
-    batches = {name: t.shape[0] for name, t in latents + keeps}
-    batch = max(batches.values())
-    wrong = {name: b for name, b in batches.items() if b not in (1, batch)}
-    if wrong:
-        listing = ", ".join(f"{name} has {b}" for name, b in batches.items())
-        raise ValueError(
-            f"batch sizes do not match ({listing}); give every latent and mask the same batch size, or a batch "
-            f"of 1 to use for every item"
-        )
-    expand = [t.expand(batch, *t.shape[1:]) for _, t in latents + keeps]
+    expand = broadcast_batches(*latents, *keeps)
     return SourceSet(tuple(expand[: len(latents)]), tuple(expand[len(latents) :]), tuple(named))
 
 
