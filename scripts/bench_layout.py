@@ -20,30 +20,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 from benchlib import load_comfy_and_pack, measure, print_ratio  # noqa: E402
 
 GOAL_TIME = 0.02
-SD15_UNET = {
-    "image_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
-    "num_res_blocks": [2, 2, 2, 2],
-    "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "use_spatial_transformer": True,
-    "use_linear_in_transformer": False,
-    "legacy": False,
-    "context_dim": 768,
-    "num_heads": 8,
-    "num_head_channels": -1,
-    "adm_in_channels": None,
-    "use_checkpoint": False,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
 
 
 def build_unet(device):
@@ -52,18 +32,11 @@ def build_unet(device):
     import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+    from hs_testing.sd15 import SD15_UNET
+    from hs_testing.tiny_models import init_random
+
     unet = UNetModel(**SD15_UNET, dtype=torch.float32, device=device, operations=comfy.ops.disable_weight_init)
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    with torch.no_grad():
-        for module in unet.modules():
-            for name, param in module.named_parameters(recurse=False):
-                if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                    param.fill_(1.0 if name == "weight" else 0.0)
-                elif name == "bias":
-                    param.zero_()
-                else:
-                    fan_in = param[0].numel() if param.ndim > 1 else param.numel()
-                    param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
+    init_random(unet, seed=0)
     return unet.eval()
 
 
