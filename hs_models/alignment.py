@@ -389,7 +389,7 @@ def _no_face_error(source: str, index: int, why: str) -> ValueError:
     return ValueError(
         f"{source}: image {index} has no face ({why}); neck alignment needs the face class to find the chin. "
         f"Check that the layout comes from a face parser for this image and uses the right label set, or "
-        f"set mode to 'none' for pre-aligned pairs"
+        f"use mode 'keypoints' (pose keypoints) or 'none' (pre-aligned pairs), which need no face"
     )
 
 
@@ -429,8 +429,7 @@ def estimate_alignment(
     for i in range(batch):
         h = i if hb > 1 else 0
         b = i if bb > 1 else 0
-        if not bool(head_geo.has_face[h]):
-            raise _no_face_error("head_layout", h, "no face pixels, nothing to align")
+        has_face = bool(head_geo.has_face[h])
         mode = options.mode
         kp_h = head_kp[h] if head_kp is not None else None
         kp_b = body_kp[b] if body_kp is not None else None
@@ -445,6 +444,8 @@ def estimate_alignment(
                 f"{which}: image {h if kp_h is None else b} has no person with neck and both shoulder keypoints; "
                 f"use mode 'auto' to fall back to the layouts for such images"
             )
+        if mode == "layout" and not has_face:
+            raise _no_face_error("head_layout", h, "no face pixels, nothing to align")
         if mode == "layout" and not bool(body_geo.has_face[b]):
             raise _no_face_error("body_layout", b, "the new head is placed where the body's own head was")
         if mode == "none":
@@ -452,7 +453,9 @@ def estimate_alignment(
             angle = 0.0
             shift_x = (body_size[1] - scale * head_size[1]) / 2.0
             base = similarity(scale, 0.0, (scale * 0.5 - 0.5 + shift_x, scale * 0.5 - 0.5))
-            anchor_b = (base[:, :2] @ head_geo.chin[h] + base[:, 2]).tolist()
+            # nudges act about the chin; a head seen from behind (no face) uses the photo's centre
+            anchor_h = head_geo.chin[h] if has_face else torch.tensor([head_size[1] / 2, head_size[0] / 2])
+            anchor_b = (base[:, :2] @ anchor_h.to(base) + base[:, 2]).tolist()
             detail = {"mode": "none", "estimate": "", "rotation": 0.0}
             matrix = base
         else:
@@ -503,7 +506,8 @@ def estimate_alignment(
             matrix = torch.cat([rotated, t[:, None]], dim=1)
             detail["rotation"] = 0.0 - math.degrees(angle)  # on-screen counter-clockwise; never -0.0
         matrix = _nudge(matrix, anchor_b, options)
-        matrix = _keep_face_on_canvas(matrix, head_geo.face_box[h], body_size, i, detail)
+        if has_face:
+            matrix = _keep_face_on_canvas(matrix, head_geo.face_box[h], body_size, i, detail)
         if note:
             detail["note"] = note
         matrices.append(matrix)

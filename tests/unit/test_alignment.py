@@ -166,6 +166,29 @@ def test_a_layout_without_a_face_is_an_error_naming_input_and_image():
         estimate_alignment(pair.body_layout, SemanticLayout(faceless, CANONICAL), LAYOUT)
 
 
+def test_modes_none_and_keypoints_need_no_face_on_the_head():
+    """A head seen from behind (hair, no face) can still be placed: the error's advice must hold."""
+    figures, placements = random_cases(2, seed=17)
+    pair = same_person_pairs(figures, placements)
+    faceless = pair.head_layout.labels.clone()
+    faceless[faceless == CANONICAL.index("face")] = CANONICAL.index("hair")
+    head = SemanticLayout(faceless, CANONICAL)
+    with pytest.raises(ValueError, match=r"use mode 'keypoints' \(pose keypoints\) or 'none'"):
+        estimate_alignment(head, pair.body_layout, LAYOUT)
+    with_face = estimate_alignment(pair.head_layout, pair.body_layout, AlignmentOptions(mode="none"))
+    without = estimate_alignment(head, pair.body_layout, AlignmentOptions(mode="none"))
+    assert torch.equal(without.matrix, with_face.matrix)
+    # nudges still act (about the photo's centre instead of the chin)
+    nudged = estimate_alignment(head, pair.body_layout, AlignmentOptions(mode="none", scale_nudge=1.2))
+    assert torch.allclose(nudged.scales, without.scales * 1.2)
+    head_pose = [pose_of(h) for h in pair.head]
+    body_pose = [pose_of(b) for b in pair.body]
+    options = AlignmentOptions(mode="keypoints")
+    by_points = estimate_alignment(head, pair.body_layout, options, head_pose, body_pose)
+    for i in range(2):
+        assert torch.allclose(by_points.matrix[i], true_transform(pair.head[i], pair.body[i]), atol=1e-4)
+
+
 def test_batches_broadcast_from_one_and_refuse_other_mismatches():
     figures, placements = random_cases(3, seed=18)
     pair = same_person_pairs([figures[0]] * 3, [placements[0]] * 3, [Placement(shift=(s, 0)) for s in (0, 10, 20)])
