@@ -89,12 +89,15 @@ def blend_layouts(
     # The body source's own pixels form one region: with its background kept, the clothes/background
     # border is the body photo's own and is not eroded.
     body_source = body_classes | (l2 == background) if keep_body_background else body_classes
-    body_mask = erode_np(body_source, pixels_for(body_erosion, height, width)) & free
 
     envelope = class_mask_np(l2, ids["person"] + [UNKNOWN]) | class_mask_np(l1, ids["head"] + ids["neck"])
     labels = np.where(envelope, UNKNOWN, l2)
     labels = np.where(body_classes & free, l2, labels)
     labels = np.where(head_full, l1, labels)
+    # What the layout leaves UNKNOWN is generated, never kept: e.g. the new head's neck where the body
+    # photo shows background.
+    body_source = body_source & (labels != UNKNOWN)
+    body_mask = erode_np(body_source, pixels_for(body_erosion, height, width)) & free
 
     head_mask = head_mask.astype(np.float32)
     body_mask = body_mask.astype(np.float32)

@@ -60,6 +60,8 @@ def test_blend_masks_are_disjoint_cover_the_canvas_and_follow_z_order(keep_backg
         assert bool(((mask == 0) | (mask == 1)).all())
     assert torch.equal(h + b + t, torch.ones_like(h)) and not bool((h * b).any())
     labels = result.layout.labels
+    # whatever the layout leaves for the generator to fill is generated, never kept
+    assert bool((labels == UNKNOWN).any()) and bool((t[labels == UNKNOWN] == 1).all())
     head_classes = torch.isin(head.labels, ids(CANONICAL, "head"))
     # z-order: wherever the aligned head has hair/face/hat, the blend shows the head (long hair over clothes)
     assert torch.equal(labels[head_classes], head.labels[head_classes])
