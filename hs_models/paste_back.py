@@ -5,7 +5,8 @@ the final image takes every fully kept pixel from its source image and only the 
 source keeps fully) from the decoded result. The seam is softened inside the band, never outside it:
 ``feathered`` ramps each source's weight down over ``feather`` px into the band (or to the band's midline
 where another kept region is closer, so narrow bands stay continuous at both edges); ``poisson`` clones the
-band into the sources with OpenCV's seamless cloning (BLD's ``poisson`` mode, [PROPOSAL] defaults).
+band in the gradient domain: the generated band's gradients, meeting every kept pixel exactly at its edge
+(BLD's ``poisson`` mode, [PROPOSAL] defaults).
 
 Skin tone [PROPOSAL]: the most common complaint about head swaps is a face whose skin tone differs from the
 neck. A masked Reinhard colour transfer in CIE Lab moves the mean and spread of the generated neck towards
@@ -105,21 +106,59 @@ def transfer_skin_tone(
     return out, [i for i, ok in enumerate(valid.tolist()) if not ok]
 
 
-def _poisson_clone(generated: torch.Tensor, sources: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
-    """Seamless-clone the band of ``generated`` into ``sources`` (OpenCV NORMAL_CLONE), one image at a time."""
-    pad = 4  # OpenCV needs the cloned region inside the image; reflect-pad so bands at the border work too
-    out = []
-    for gen, src, mask in zip(generated.numpy(), sources.numpy(), band.numpy(), strict=True):
-        if not mask.any():
-            out.append(src)
-            continue
-        gen8 = cv2.copyMakeBorder(np.round(gen * 255).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REFLECT)
-        src8 = cv2.copyMakeBorder(np.round(src * 255).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REFLECT)
-        mask8 = cv2.copyMakeBorder(mask.astype(np.uint8) * 255, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        x, y, w, h = cv2.boundingRect(mask8)
-        cloned = cv2.seamlessClone(gen8, src8, mask8, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
-        out.append(cloned[pad:-pad, pad:-pad].astype(np.float32) / 255.0)
-    return torch.from_numpy(np.stack(out))
+_NEIGHBOURS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+
+def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of the 4-neighbours of every pixel of (N,1,H,W) ``x``, counting nothing beyond the image."""
+    return torch.nn.functional.conv2d(x, _NEIGHBOURS.to(x), padding=1)
+
+
+def _poisson_clone(
+    generated: torch.Tensor, kept: torch.Tensor, band: torch.Tensor, tolerance: float = 1e-5, max_iterations: int = 5000
+) -> torch.Tensor:
+    """Gradient-domain blend of the band (Pérez et al. 2003, as BLD's ``poisson`` mode): inside ``band`` the
+    output has the gradients of ``generated`` and meets ``kept`` on every kept pixel around it.
+
+    OpenCV's seamlessClone fixes values only on the border of the mask's bounding box and re-solves kept
+    pixels inside it, so bands around a head would lose their exact edges; this solves the same Poisson
+    equation with every non-band pixel held fixed. The solution is ``generated`` plus a harmonic correction
+    d (Δd = 0 in the band, d = kept − generated elsewhere; image borders are free), found by conjugate
+    gradients on the band's pixels. Band regions that touch no kept pixel stay as generated.
+
+    generated, kept: (B,H,W,3); band: (B,H,W) bool. Returns (B,H,W,3) float32.
+    """
+    batch, height, width, channels = generated.shape
+
+    def planes(image: torch.Tensor) -> torch.Tensor:  # one (H,W) plane per image and channel
+        return image.to(torch.float32).permute(0, 3, 1, 2).reshape(batch * channels, 1, height, width)
+
+    inside = band.to(torch.float32).repeat_interleave(channels, 0)[:, None]
+    boundary = (planes(kept) - planes(generated)) * (1.0 - inside)
+    degree = _neighbour_sum(torch.ones(1, 1, height, width))  # neighbours inside the image
+
+    def laplacian(x: torch.Tensor) -> torch.Tensor:  # SPD on the band where it touches fixed pixels
+        return (degree * x - _neighbour_sum(x * inside)) * inside
+
+    rhs = _neighbour_sum(boundary) * inside
+    correction = torch.zeros_like(rhs)
+    residual = rhs.clone()
+    direction = residual.clone()
+    power = residual.square().sum((1, 2, 3), keepdim=True)
+    goal = tolerance**2 * power.clamp_min(1e-12)
+    for _ in range(max_iterations):
+        if bool((power <= goal).all()):
+            break
+        step_image = laplacian(direction)
+        curvature = (direction * step_image).sum((1, 2, 3), keepdim=True)
+        alpha = torch.where(curvature > 0, power / curvature.clamp_min(1e-30), torch.zeros_like(power))
+        correction = correction + alpha * direction
+        residual = residual - alpha * step_image
+        new_power = residual.square().sum((1, 2, 3), keepdim=True)
+        direction = residual + (new_power / power.clamp_min(1e-30)) * direction
+        power = new_power
+    out = (planes(generated) + correction * inside + boundary).clamp(0.0, 1.0)
+    return out.reshape(batch, channels, height, width).permute(0, 2, 3, 1).contiguous()
 
 
 def paste_back(

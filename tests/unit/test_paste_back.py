@@ -1,5 +1,5 @@
-"""Feathered paste-back weights (hs_models.paste_back): continuous seams at every kept edge, even in bands
-narrower than the feather, and bit-exact sources outside the band."""
+"""Paste-back (hs_models.paste_back): continuous seams at every kept edge, feathered even in bands narrower
+than the feather, Poisson in the gradient domain, and bit-exact sources outside the band."""
 
 from __future__ import annotations
 
@@ -96,3 +96,46 @@ def test_feather_zero_weighs_the_sources_by_their_masks():
     assert all(torch.equal(w, keep) for w, (_, keep) in zip(weights, layers, strict=True))
     _, column = _column(layers, 0)
     assert torch.equal(column[14:18], torch.full((4,), RESULT))
+
+
+def test_poisson_band_between_flat_sources_is_the_linear_bridge():
+    """A flat generated band has no gradients of its own: the solution is harmonic, in a strip the straight
+    line from the head's value to the body's, continuous at both kept edges (OpenCV's seamless clone left
+    hard steps there)."""
+    band = 4
+    layers = _strips(band)
+    out = paste_back(torch.full((1, SIZE, SIZE, 3), RESULT), layers, "poisson")
+    for image, keep in layers:
+        kept = (keep >= 1.0)[..., None].expand_as(out)
+        assert torch.equal(out[kept], image[kept])
+    column = out[0, 13 : 14 + band + 1, SIZE // 2, 0]
+    expected = torch.linspace(HEAD, BODY, band + 2)
+    assert torch.allclose(column, expected, atol=1e-4), column
+    assert torch.allclose(out[0, :, :, 0], out[0, :, SIZE // 2, 0][:, None].expand(SIZE, SIZE), atol=1e-4)
+
+
+def test_poisson_keeps_the_generated_gradients_and_meets_a_head_inside_the_band():
+    """A generated band that equals a textured source up to an offset (the decoder's colour drift) comes out
+    as that source: only its gradients count. Around a head disc both edges stay continuous."""
+    g = torch.Generator().manual_seed(3)
+    texture = cv2.GaussianBlur(torch.rand(SIZE, SIZE, 3, generator=g).numpy(), (7, 7), 2.0)
+    source = torch.from_numpy(texture)[None]
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    radius = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2).sqrt()
+    head_keep = (radius < 7).float()[None]
+    body_keep = (radius > 12).float()[None]
+    head_image = source.clone()
+    layers = [(source, body_keep), (head_image, head_keep)]
+    assert 0.2 < float(source.min()) and float(source.max()) < 0.8
+    out = paste_back(source + 0.15, layers, "poisson")
+    assert torch.allclose(out, source, atol=1e-4)
+    # a head of another brightness: the band bridges the two without a step at either edge
+    layers = [(source, body_keep), (head_image + 0.2, head_keep)]
+    out = paste_back(source + 0.1, layers, "poisson")[0, ..., 0]
+    steps = torch.cat([out.diff(dim=0).abs().flatten(), out.diff(dim=1).abs().flatten()])
+    texture_steps = torch.cat(
+        [source[0, ..., 0].diff(dim=0).abs().flatten(), source[0, ..., 0].diff(dim=1).abs().flatten()]
+    )
+    # the 0.2 difference is spread over the 5-px band: no step larger than the texture's own plus a share of it
+    assert float(steps.max()) < float(texture_steps.max()) + 0.2 / 3, float(steps.max())
+    assert torch.equal(out[radius < 7], (head_image + 0.2)[0, ..., 0][radius < 7])
