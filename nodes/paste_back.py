@@ -55,8 +55,8 @@ class HeadSwapPasteBack(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Puts the original pixels back where the sources were kept (the VAE only approximates them) and "
-                "keeps the decoded result in the transition band, blended with a feathered or Poisson (OpenCV "
-                "seamless clone) seam that stays inside the band: outside the band the output equals the source "
+                "keeps the decoded result in the transition band, blended with a feathered or Poisson "
+                "(gradient-domain) seam that stays inside the band: outside the band the output equals the source "
                 "images bit for bit. Optionally matches the generated neck to the head's skin tone (Lab colour "
                 "transfer; connect head_skin_mask and neck_mask)."
             ),
@@ -69,7 +69,7 @@ class HeadSwapPasteBack(io.ComfyNode):
                     options=list(BLEND_MODES),
                     default="feathered",
                     tooltip="feathered: the sources fade into the result over 'feather' px inside the band. "
-                    "poisson: gradient-domain seamless cloning of the band (OpenCV).",
+                    "poisson: gradient-domain blend: the result's detail in the band, meeting every kept pixel exactly at the band's edges (seconds on the CPU for wide bands).",
                 ),
                 io.Int.Input(
                     "feather",
