@@ -68,14 +68,21 @@ def _find_config(path: Path, metadata: dict[str, str]) -> tuple[LDMConfig | None
     if METADATA_CONFIG in metadata:
         try:
             return LDMConfig.from_dict(json.loads(metadata[METADATA_CONFIG])), "file metadata"
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CheckpointError(
                 f"{path.name!r}: its {METADATA_CONFIG} metadata is not a valid LDM config: {e}"
             ) from e
     for suffix in SIDECAR_SUFFIXES:
         sidecar = path.with_suffix(suffix)
         if sidecar.is_file():
-            return read_config_file(sidecar), f"config file {sidecar.name!r}"
+            try:
+                return read_config_file(sidecar), f"config file {sidecar.name!r}"
+            except ConfigError as e:
+                raise CheckpointError(
+                    f"{path.name!r}: its config file {e} (a {suffix} file with the checkpoint's name next to it is "
+                    f"read as its config; remove or rename it to let the loader read the architecture from the "
+                    f"tensor shapes)"
+                ) from e
     return None, "state-dict shapes"
 
 
