@@ -596,15 +596,17 @@ def warp_head(image: torch.Tensor, layout: SemanticLayout, transform: HeadTransf
         return WarpedHead(
             pixels.movedim(1, -1).contiguous(), SemanticLayout(labels.cpu().clone(), layout.label_set), valid
         )
-    warped = _warp(pixels, matrix, (height, width), "bilinear")
+    warped, covered = warp_image(image, transform)
     # Labels are warped shifted by one, so that the zero padding marks where the head photo ends.
     shifted = _warp((labels + 1).to(torch.float32)[:, None], matrix, (height, width), "nearest")
     shifted = as_numpy(shifted[:, 0]).astype(np.int64)
-    valid = shifted > 0
+    # Valid only where the bilinear image is wholly the head photo: along the photo's border it is blended
+    # with the zero padding, which would paste a dark rim wherever the layout says "head".
+    valid = (shifted > 0) & as_numpy(covered > 0)
     new_labels = np.where(valid, shifted - 1, UNKNOWN)
     valid_mask = torch.from_numpy(valid.astype(np.float32)).to(device)
     return WarpedHead(
-        (warped * valid_mask[:, None]).movedim(1, -1).contiguous(),
+        warped * valid_mask[..., None],
         SemanticLayout(torch.from_numpy(new_labels), layout.label_set),
         valid_mask,
     )

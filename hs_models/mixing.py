@@ -55,7 +55,7 @@ class MixSchedule:
     fusion_start, fusion_end  fraction of the steps (0 = first step, 1 = after the last) during which the
                               sources are fused in; outside the window the model generates everywhere
     dilation                  BLD-style schedule of transition-region dilation radii in latent cells, most
-                              dilated first; the trajectory is cut into len(dilation) equal stages
+                              dilated first; the trajectory is cut into len(dilation) near-equal stages
     soft_masks                "blend": a keep value v mixes source and generation by v at every step
                               (ComfyUI's inpainting); "by noise level": v is the fraction of the trajectory
                               during which the pixel is kept (pixels with v = 1 are always kept)
@@ -180,9 +180,13 @@ def step_index(sigma: float, sigmas: Sequence[float]) -> int:
 
 
 def dilation_stage(step: int, steps: int, stages: int) -> int:
-    """BLD's progressive-mask rule: stages of ⌊S / n⌋ + 1 steps, step i uses stage ⌊i / interval⌋ (§9.2)."""
-    interval = steps // stages + 1
-    return min(step // interval, stages - 1)
+    """The dilation stage of step i of S: n near-equal stages, stage ⌊i·n / S⌋ (most dilated first).
+
+    BLD's rule (method.md §9.2: intervals of ⌊S / n⌋ + 1 steps) can leave the last masks unused, e.g. 6 steps
+    with 4 masks never reach the fourth; with equal stages every mask runs once S ≥ n and the last step
+    always uses the last mask, the one the final fusion keeps [PROPOSAL].
+    """
+    return min(step * stages // steps, stages - 1)
 
 
 def fusion_active(step: int, steps: int, schedule: MixSchedule) -> bool:
@@ -212,12 +216,14 @@ def transition_at(
     return transition
 
 
-def final_keep(keep: torch.Tensor, schedule: MixSchedule) -> torch.Tensor:
-    """Keep mask of the final fusion: the mask at the end of the trajectory (last dilation stage)."""
+def final_keep(keep: torch.Tensor, steps: int, schedule: MixSchedule) -> torch.Tensor:
+    """Keep mask of the final fusion: the mask of the trajectory's last step (its dilation stage), so the
+    clean sources come back exactly where the last step kept them and never over a generated ring."""
     if schedule.soft_masks == "by noise level":
         keep = (keep >= 1.0).to(keep.dtype)
     if schedule.dilation:
-        keep = 1.0 - dilate(1.0 - keep, schedule.dilation[-1])
+        stage = dilation_stage(steps - 1, steps, len(schedule.dilation))
+        keep = 1.0 - dilate(1.0 - keep, schedule.dilation[stage])
     return keep
 
 
@@ -240,7 +246,7 @@ class MixPlan:
             )
             for i in range(self.steps)
         ]
-        self.final_keep = final_keep(keep, schedule)
+        self.final_keep = final_keep(keep, self.steps, schedule)
 
     def step_of(self, sigma: torch.Tensor | float) -> int:
         value = float(sigma.flatten()[0]) if isinstance(sigma, torch.Tensor) else float(sigma)

@@ -3,8 +3,9 @@
 The decoder reproduces the preserved regions only approximately (VAE/VQ reconstruction, method.md §9.5), so
 the final image takes every fully kept pixel from its source image and only the *transition band* (pixels no
 source keeps fully) from the decoded result. The seam is softened inside the band, never outside it:
-``feathered`` ramps the sources' weight down over ``feather`` px into the band; ``poisson`` clones the band
-into the sources with OpenCV's seamless cloning (BLD's ``poisson`` mode, [PROPOSAL] defaults).
+``feathered`` ramps each source's weight down over ``feather`` px into the band (or to the band's midline
+where another kept region is closer, so narrow bands stay continuous at both edges); ``poisson`` clones the
+band into the sources with OpenCV's seamless cloning (BLD's ``poisson`` mode, [PROPOSAL] defaults).
 
 Skin tone [PROPOSAL]: the most common complaint about head swaps is a face whose skin tone differs from the
 neck. A masked Reinhard colour transfer in CIE Lab moves the mean and spread of the generated neck towards
@@ -24,22 +25,53 @@ BLEND_MODES = ("feathered", "poisson")
 _STD_RATIO_RANGE = (0.5, 2.0)  # keeps a tiny or flat region from amplifying noise [PROPOSAL]
 
 
-def source_weight(keep: torch.Tensor, feather: int) -> torch.Tensor:
-    """Weight of a source image: 1 where fully kept, ramping to 0 over ``feather`` px into the band.
+def _distance_to(region: np.ndarray) -> np.ndarray:
+    """Euclidean distance (px) of every pixel to the nearest pixel of ``region`` (0 on it); region non-empty."""
+    return cv2.distanceTransform((~region).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
-    Inside the band the weight is ``max(keep, 1 − d / (feather + 1))`` with d the Euclidean distance (px) to
-    the nearest fully kept pixel, so the result never replaces a fully kept pixel.
+
+def _ramp(own: np.ndarray, others: np.ndarray, feather: int) -> np.ndarray:
+    """Feathered weight of one source on one image: 1 on its fully kept pixels, falling linearly into the band.
+
+    The ramp is ``feather + 1`` px long where the band is wide. Where another source's kept region is near, it
+    is shortened to half the local band width, ``(d_own + d_other) / 2``, so the weight reaches 0 on the band's
+    midline between the two regions: a source never reaches into another kept region's edge (which would
+    leave a hard step against that region's exact pixels), and the generated result keeps the middle of
+    even the narrowest band [PROPOSAL]. As both distances are 1-Lipschitz the weight stays continuous.
+    """
+    if not own.any():
+        return np.zeros(own.shape, np.float32)
+    d_own = _distance_to(own)
+    reach = np.full(own.shape, feather + 1.0, np.float32)
+    if others.any():
+        reach = np.minimum(reach, (d_own + _distance_to(others)) / 2.0)
+    # reach is 0 only where a pixel is kept by two sources (d_own = 0 there): the weight is 1
+    return np.clip(1.0 - d_own / np.maximum(reach, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def source_weights(keeps: list[torch.Tensor], feather: int) -> list[torch.Tensor]:
+    """Weight of each source image (bottom first) in the feathered composite, each (B,H,W).
+
+    A source weighs ``max(keep, ramp)``: 1 where fully kept, its soft mask values elsewhere, and inside the
+    band a linear ramp from 1 at its own kept edge to 0 after ``feather`` px or at the band's midline
+    towards another source, whichever comes first (``_ramp``). The ramps of different sources therefore
+    never overlap, so together with the generated result they split every band pixel continuously, and the
+    result never replaces a fully kept pixel.
     """
     if feather <= 0:
-        return keep.clone()
-    ramps = []
-    for item in (keep < 1.0).to(torch.uint8).numpy():
-        if item.all():
-            ramps.append(np.zeros(item.shape, np.float32))
-            continue
-        distance = cv2.distanceTransform(item, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-        ramps.append(np.clip(1.0 - distance / (feather + 1.0), 0.0, 1.0).astype(np.float32))
-    return torch.maximum(keep, torch.from_numpy(np.stack(ramps)))
+        return [keep.clone() for keep in keeps]
+    kept = [(keep >= 1.0).numpy() for keep in keeps]
+    weights = []
+    for index, keep in enumerate(keeps):
+        ramps = []
+        for item in range(keep.shape[0]):
+            others = np.zeros(keep.shape[1:], bool)
+            for other, other_kept in enumerate(kept):
+                if other != index:
+                    others |= other_kept[item]
+            ramps.append(_ramp(kept[index][item], others, feather))
+        weights.append(torch.maximum(keep, torch.from_numpy(np.stack(ramps)).to(keep.dtype)))
+    return weights
 
 
 def _masked_stats(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,9 +141,8 @@ def paste_back(
         fully_kept |= keep >= 1.0
     if blend == "feathered":
         out = result
-        for image, keep in layers:
-            weight = source_weight(keep, feather)[..., None]
-            out = out * (1.0 - weight) + image * weight
+        for (image, _), weight in zip(layers, source_weights([keep for _, keep in layers], feather), strict=True):
+            out = out * (1.0 - weight[..., None]) + image * weight[..., None]
     else:
         sources = result.clone()
         for image, keep in layers:
@@ -123,6 +154,6 @@ def paste_back(
 def band_weight(layers: list[tuple[torch.Tensor, torch.Tensor]], feather: int) -> torch.Tensor:
     """(B,H,W) weight of the generated result in the final image: 0 on fully kept pixels."""
     generated = torch.ones_like(layers[0][1])
-    for _, keep in layers:
-        generated = generated * (1.0 - source_weight(keep, feather))
+    for weight in source_weights([keep for _, keep in layers], feather):
+        generated = generated * (1.0 - weight)
     return generated

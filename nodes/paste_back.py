@@ -26,7 +26,11 @@ def _mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
 
 def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "result") -> torch.Tensor:
     """The decoded result on the body canvas: a VAE centre-crops images to its downscale factor, so a result
-    a few pixels smaller than the body image goes back at that crop's offset (the body fills the rest)."""
+    a few pixels smaller than the body image goes back at that crop's offset (the body fills the rest).
+
+    The batch sizes must already agree or body_image be a single image (``broadcast_batches`` first): the
+    canvas is one body image per result image.
+    """
     height, width = body_image.shape[1:3]
     h, w = result.shape[1:3]
     if (h, w) == (height, width):
@@ -37,11 +41,7 @@ def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "re
             f"(Paste Back takes the decoded result at the canvas size, or VAE-cropped by less than 64 px)"
         )
     top, left = (height - h) // 2, (width - w) // 2
-    canvas = (
-        body_image.clone()
-        if body_image.shape[0] == result.shape[0]
-        else body_image.expand(result.shape[0], -1, -1, -1).clone()
-    )
+    canvas = body_image.expand(result.shape[0], -1, -1, -1).clone()
     canvas[:, top : top + h, left : left + w] = result
     return canvas
 
@@ -123,8 +123,11 @@ class HeadSwapPasteBack(io.ComfyNode):
             )
         body_image = body_image[..., :3].to(torch.float32)
         size = tuple(body_image.shape[1:3])
-        result = place_result(result[..., :3].to(torch.float32), body_image)
-        named = [("result", result), ("body_image", body_image), ("body_mask", _mask(body_mask, "body_mask", size))]
+        named = [
+            ("result", result[..., :3].to(torch.float32)),
+            ("body_image", body_image),
+            ("body_mask", _mask(body_mask, "body_mask", size)),
+        ]
         if head_image is not None:
             if tuple(head_image.shape[1:3]) != size:
                 raise ValueError(
@@ -141,6 +144,8 @@ class HeadSwapPasteBack(io.ComfyNode):
                 ("neck_mask", _mask(neck_mask, "neck_mask", size)),
             ]
         tensors = dict(zip([n for n, _ in named], broadcast_batches(*named), strict=True))
+        # placed after broadcasting: a cropped result gets one body canvas per image of the common batch
+        tensors["result"] = place_result(tensors["result"], tensors["body_image"])
         layers = [(tensors["body_image"], tensors["body_mask"])]
         if head_image is not None:
             layers.append((tensors["head_image"], tensors["head_mask"]))

@@ -278,9 +278,9 @@ def parse_images(
     for i in result.no_face:
         clear_head(labels[i])
     if result.no_face:
-        listed = ", ".join(str(i + 1) for i in result.no_face[:8]) + (", …" if len(result.no_face) > 8 else "")
+        listed = ", ".join(str(i) for i in result.no_face[:8]) + (", …" if len(result.no_face) > 8 else "")
         logger.warning(
-            "face parsing: no face found in image(s) %s of %d; their layouts have no head (hair, face, hat). "
+            "face parsing: no face found in image(s) %s (batch index from 0) of %d; their layouts have no head (hair, face, hat). "
             "Use photos with a visible face, or mode 'head crop' for small faces.",
             listed,
             batch,

@@ -214,4 +214,4 @@ def test_photo_without_a_face_gives_an_empty_head_and_a_warning(pack_nodes, pars
     with caplog.at_level(logging.WARNING, logger="comfyui_hs_diffusion"):
         layout = _parse(pack_nodes, parser, torch.rand(1, 40, 40, 3), mode="auto").result[0]
     assert not torch.isin(layout.labels, HEAD).any()
-    assert "no face found in image(s) 1 of 1" in caplog.text
+    assert "no face found in image(s) 0 (batch index from 0) of 1" in caplog.text

@@ -115,3 +115,25 @@ def test_paste_back_errors(pack_nodes):
         _run(pack_nodes, result, body, body_mask, "feathered", 2, 1.0, head_skin_mask=head_mask)
     with pytest.raises(ValueError, match=r"batch sizes do not match \(result has 2, body_image has 3"):
         _run(pack_nodes, result.repeat(2, 1, 1, 1), body.repeat(3, 1, 1, 1), body_mask, "feathered", 2, 0.0)
+
+
+def test_a_cropped_result_with_one_image_fills_every_body_of_a_batch(pack_nodes):
+    result, body, body_mask, _, _ = _scene()
+    bodies = torch.rand(3, H + 5, W + 3, 3, generator=torch.Generator().manual_seed(1))
+    big_mask = torch.zeros(1, H + 5, W + 3)
+    big_mask[:, 2 : 2 + H, 1 : 1 + W] = body_mask
+    out = _run(pack_nodes, result, bodies, big_mask, "feathered", 4, 0.0)
+    assert out.shape == bodies.shape
+    # the same as giving each body its un-cropped result: the decoded pixels at the crop offset, body around
+    placed = bodies.clone()
+    placed[:, 2 : 2 + H, 1 : 1 + W] = result
+    assert torch.equal(out, _run(pack_nodes, placed, bodies, big_mask, "feathered", 4, 0.0))
+    kept = (big_mask >= 1.0)[..., None].expand_as(out)
+    assert torch.equal(out[kept], bodies[kept])
+
+
+def test_a_cropped_result_of_another_batch_size_is_refused_by_name(pack_nodes):
+    result, _, _, _, _ = _scene()
+    bodies = torch.rand(3, H + 5, W + 3, 3)
+    with pytest.raises(ValueError, match=r"batch sizes do not match \(result has 2, body_image has 3"):
+        _run(pack_nodes, result.repeat(2, 1, 1, 1), bodies, torch.ones(1, H + 5, W + 3), "feathered", 2, 0.0)

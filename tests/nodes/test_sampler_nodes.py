@@ -259,6 +259,19 @@ def test_soft_masks_by_noise_level_regenerate_grey_cells_late(pack_nodes, sd_lik
     samples = out["samples"]
     assert torch.equal(samples[:, :, :3], head_latent["samples"][:, :, :3])
     assert not torch.equal(samples[:, :, 3], head_latent["samples"][:, :, 3])
+    # the masks the sampler hands on per step (an upstream denoise_mask_function sees them): the grey row
+    # is kept (transition 0) for the first half of the steps and generated after; "blend" mixes it by 0.5
+    for mode, expected in (("by noise level", [0.0, 0.0, 1.0, 1.0]), ("blend", [0.5] * 4)):
+        seen = []
+
+        def record(sigma, mask, extra_options, seen=seen):
+            seen.append(float(mask[0, 0, 3].mean()))
+            return mask
+
+        recorded = model.clone()
+        recorded.set_model_denoise_mask_function(record)
+        _ksampler(pack_nodes, recorded, (head_latent, soft, body_latent, body_keep), steps=4, soft_masks=mode)
+        assert seen == expected, mode
 
 
 def test_guider_through_sampler_custom_advanced_equals_the_ksampler(pack_nodes, sd_like):

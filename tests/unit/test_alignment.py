@@ -286,6 +286,19 @@ def test_warp_puts_head_layout_and_image_on_the_body_canvas():
     assert torch.equal(same_canvas.image, body_photo) and same_canvas.valid.all()
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.37])
+def test_the_warped_head_has_no_dark_rim_inside_its_valid_region(scale):
+    """Bilinear samples along the head photo's border mix in the zero padding: they must not count as valid."""
+    white = torch.ones(1, 100, 80, 3)
+    labels = torch.full((1, 100, 80), CANONICAL.index("hair"))
+    matrix = torch.tensor([[[scale, 0.0, 60.3], [0.0, scale, 40.6]]], dtype=torch.float64)
+    warped = warp_head(white, SemanticLayout(labels, CANONICAL), HeadTransform(matrix, (100, 80), (200, 200), ({},)))
+    valid = warped.valid.bool()
+    assert int(valid.sum()) > 0.9 * 80 * 100 * scale**2
+    assert float(warped.image[valid].min()) > 0.999 and not bool(warped.image[~valid].any())
+    assert torch.equal(valid, warped.layout.labels != UNKNOWN)
+
+
 def test_head_transform_describes_every_image():
     pair = same_person_pairs([HalfBodyFigure()] * 2, [Placement(scale=0.9), Placement(shift=(4, 4))])
     text = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT).describe()

@@ -163,8 +163,20 @@ def test_dilation_schedule_follows_bld_and_shrinks_the_kept_region_early():
         parse_dilation_schedule("3, x")
     with pytest.raises(ValueError, match="negative"):
         parse_dilation_schedule("-1")
-    # 10 steps, 3 stages: intervals of 10 // 3 + 1 = 4 steps
-    assert [dilation_stage(i, 10, 3) for i in range(10)] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    # 10 steps, 3 stages: near-equal stages of 4, 3 and 3 steps
+    assert [dilation_stage(i, 10, 3) for i in range(10)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # every mask runs once there are at least as many steps as masks (BLD's ⌊S/n⌋+1 intervals skip the last
+    # here), and the final fusion keeps exactly what the last step kept
+    keep = torch.ones(1, 1, 12, 12)
+    keep[..., 5:7, 5:7] = 0.0
+    for steps, radii in ((6, (3, 2, 1, 0)), (25, (5, 4, 3, 2, 1, 0)), (2, (1, 0)), (2, (3, 2, 1, 0)), (7, (2,))):
+        stages = [dilation_stage(i, steps, len(radii)) for i in range(steps)]
+        assert stages == sorted(stages) and stages[0] == 0
+        if steps >= len(radii):
+            assert set(stages) == set(range(len(radii)))
+        sigmas = torch.linspace(10.0, 0.0, steps + 1)
+        plan = MixPlan(keep, sigmas, MixSchedule(dilation=radii))
+        assert torch.equal(plan.transition(sigmas[steps - 1]), 1.0 - plan.final_keep)
     keep = torch.ones(1, 1, 9, 9)
     keep[..., 4, 4] = 0.0
     schedule = MixSchedule(dilation=(2, 0))

@@ -200,7 +200,7 @@ def test_a_photo_without_a_face_gets_an_empty_head_and_a_warning(caplog):
     assert not torch.isin(result.labels[1], torch.tensor([HAIR, FACE, CANONICAL.index("hat")])).any()
     assert (result.labels[1] == CLOTHES).sum() == (truth == CLOTHES).sum()  # the body stays
     assert (result.labels[0] == FACE).any()
-    assert "no face found in image(s) 2 of 2" in caplog.text
+    assert "no face found in image(s) 1 (batch index from 0) of 2" in caplog.text
 
 
 def test_bad_options_are_refused():
