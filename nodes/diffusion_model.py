@@ -33,7 +33,17 @@ import torch.nn.functional as F
 
 from ..hs_models.labels import UNKNOWN
 from ..hs_models.layout import SemanticLayout
-from ..hs_models.ldm import LDMCheckpoint, LDMConfig, SpatialRescaler, UNetModel, VQAutoencoder
+from ..hs_models.ldm import (
+    METADATA_CONFIG,
+    METADATA_WEIGHTS,
+    LDMCheckpoint,
+    LDMConfig,
+    SpatialRescaler,
+    UNetModel,
+    VQAutoencoder,
+)
+from ..hs_models.ldm.config import LAYOUT_ENCODER_PREFIX
+from ..hs_models.ldm.convert import METADATA_TENSOR_KEY, metadata_to_tensor
 from ..hs_models.log import logger
 
 LAYOUT_KEY = "hs_layout"  # conditioning entry: a SemanticLayout
@@ -64,6 +74,22 @@ class HeadSwapLatentFormat(comfy.latent_formats.LatentFormat):
         self.latent_rgb_factors_bias = None
 
 
+def unet_config_for_comfy(ldm_config: LDMConfig) -> dict:
+    """``model_config.unet_config``: only the keys generic ComfyUI code looks up, never the architecture.
+
+    ComfyUI reads ``unet_config`` as the hyper-parameters of *its* UNet family: with ``num_res_blocks`` in it,
+    LoRA key mapping (``comfy.utils.unet_to_diffusers``) takes it for an SD UNet and needs SD's
+    ``transformer_depth``. The UNet is built from ``ldm_config.unet`` instead (:class:`HeadSwapDiffusionModel`);
+    the channel counts stay for readers such as the inpainting check and FreeU (whose patches this UNet ignores).
+    """
+    unet = ldm_config.unet
+    return {
+        "in_channels": unet["in_channels"],
+        "out_channels": unet["out_channels"],
+        "model_channels": unet["model_channels"],
+    }
+
+
 class HeadSwapDiffusionConfig(comfy.supported_models_base.BASE):
     """Model config of one semantic-mixing LDM checkpoint (its architecture comes from the checkpoint)."""
 
@@ -81,7 +107,7 @@ class HeadSwapDiffusionConfig(comfy.supported_models_base.BASE):
             "linear_end": diffusion["linear_end"],
             "timesteps": diffusion["timesteps"],
         }
-        super().__init__(dict(ldm_config.unet))
+        super().__init__(unet_config_for_comfy(ldm_config))
         self.latent_format.scale_factor = diffusion["scale_factor"]
         self.latent_format.spacial_downscale_ratio = ldm_config.vae_factor
 
@@ -101,9 +127,10 @@ class HeadSwapDiffusionModel(comfy.model_base.BaseModel):
     def __init__(self, model_config: HeadSwapDiffusionConfig, device=None):
         built: dict = {}
 
-        def build_unet(operations=None, device=None, **unet_config):
+        def build_unet(operations=None, device=None, dtype=None, **_comfy_keys):
+            # the architecture comes from the LDM config; unet_config only carries what core code reads
             built["operations"] = operations
-            return UNetModel(**unet_config, device=device, operations=operations)
+            return UNetModel(**model_config.ldm_config.unet, dtype=dtype, device=device, operations=operations)
 
         super().__init__(model_config, comfy.model_base.ModelType.EPS, device=device, unet_model=build_unet)
         ldm = model_config.ldm_config
@@ -114,10 +141,30 @@ class HeadSwapDiffusionModel(comfy.model_base.BaseModel):
             operations=built["operations"],
         )
         self.vae_factor = ldm.vae_factor
+        self.unet_weights = "live"  # which UNet weights of the source file these are ("ema" or "live")
 
     @property
     def num_classes(self) -> int:
         return self.layout_encoder.in_channels
+
+    def state_dict_for_saving(self, clip_state_dict=None, vae_state_dict=None, clip_vision_state_dict=None):
+        """What core Checkpoint Save / Save Model write: an LDM-format file the loader reads back.
+
+        Core saves only ``diffusion_model``; this adds τ_θ (``cond_stage_model.*``), the VQ autoencoder when a
+        VAE is given (``first_stage_model.*``) and the architecture (the converter's metadata, as a tensor:
+        core's save path sets no custom file metadata). A CLIP has no place in this model and is not saved
+        (with the default prefix it would land on τ_θ's keys).
+        """
+        if clip_state_dict is not None or clip_vision_state_dict is not None:
+            logger.warning(
+                "saving the semantic-mixing LDM: it has no text or vision encoder, so the CLIP given to the save "
+                "node is not saved"
+            )
+        state_dict = super().state_dict_for_saving(None, vae_state_dict, None)
+        state_dict.update({LAYOUT_ENCODER_PREFIX + k: v for k, v in self.layout_encoder.state_dict().items()})
+        metadata = {METADATA_CONFIG: self.model_config.ldm_config.to_json(), METADATA_WEIGHTS: self.unet_weights}
+        state_dict[METADATA_TENSOR_KEY] = metadata_to_tensor(metadata)
+        return state_dict
 
     def concat_cond(self, **kwargs):
         layout = kwargs.get(LAYOUT_KEY)
@@ -271,6 +318,7 @@ def build_model(checkpoint: LDMCheckpoint, weight_dtype: str = "default") -> com
     manual_cast = mm.unet_manual_cast(dtype, load_device, config.supported_inference_dtypes)
     config.set_inference_dtype(dtype, manual_cast)
     model = config.get_model({}, "")
+    model.unet_weights = checkpoint.weights
     patcher = _patcher_class()(model, load_device=load_device, offload_device=offload_device)
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)

@@ -11,6 +11,7 @@ Examples:
     python scripts/convert_ldm.py model.ckpt semantic_synthesis256.safetensors --config config.yaml
     python scripts/convert_ldm.py model.ckpt hs_ldm.safetensors --weights live --fp16
     python scripts/convert_ldm.py model.ckpt hs_paper5.safetensors --layout-classes 5   # re-initialise τ_θ
+    python scripts/convert_ldm.py saved_model.safetensors complete.safetensors --first-stage-from hs_ldm.safetensors
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ def convert(
     config_path: Path | None = None,
     layout_classes: int | None = None,
     seed: int = 0,
+    first_stage_from: Path | None = None,
 ) -> dict[str, str]:
     """Write ``target``; returns its metadata."""
     from safetensors.torch import save_file
 
     config = read_config_file(config_path) if config_path else None
-    checkpoint = read_ldm_checkpoint(source, weights, config=config)
+    checkpoint = read_ldm_checkpoint(source, weights, config=config, first_stage_from=first_stage_from)
     config, layout_encoder = checkpoint.config, checkpoint.layout_encoder
     if layout_classes is not None:
         config, layout_encoder = reinitialise_layout_encoder(config, layout_classes, seed)
@@ -54,6 +56,8 @@ def convert(
         "hs_ldm_source": source.name,
         "hs_ldm_layout_encoder": "re-initialised" if layout_classes is not None else "from source",
     }
+    if first_stage_from is not None:
+        metadata["hs_ldm_first_stage"] = first_stage_from.name
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(state_dict, str(target), metadata=metadata)
     return metadata
@@ -84,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         "for fine-tuning, e.g. CompVis semantic_synthesis weights for the paper5 or canonical8 label set)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the re-initialised layout encoder")
+    parser.add_argument(
+        "--first-stage-from",
+        type=Path,
+        metavar="FILE",
+        help="take the VQ autoencoder (first_stage_model.*) from FILE, e.g. the original checkpoint of a model that "
+        "core Save Model wrote without one",
+    )
     args = parser.parse_args(argv)
     if args.target.suffix.lower() != ".safetensors":
         parser.error(f"target must end in .safetensors, got {args.target.name}")
@@ -91,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--layout-classes must be at least 1")
     try:
         metadata = convert(
-            args.source, args.target, args.weights, args.fp16, args.config, args.layout_classes, args.seed
+            args.source,
+            args.target,
+            args.weights,
+            args.fp16,
+            args.config,
+            args.layout_classes,
+            args.seed,
+            args.first_stage_from,
         )
     except (CheckpointError, ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,17 +3,52 @@
 ``.safetensors`` files are read with safetensors; everything else with
 ``torch.load(..., weights_only=True)`` (never a full unpickle), memory-mapped when the file allows it.
 A Lightning ``.ckpt`` is unwrapped to its ``state_dict``. Every failure names the file.
+
+PyTorch-Lightning 1.x training checkpoints (the CompVis releases among them) key their ``callbacks`` entry
+by Lightning's ``ModelCheckpoint`` class and may hold numpy scalars. For those names alone, and only
+during the load, the unpickler resolves inert stand-ins (:data:`LIGHTNING_SAFE_GLOBALS`): a class
+without behaviour, numpy's scalar/dtype reconstructors and ``_codecs.encode``, which build data and call
+nothing else. Any other global is still refused.
 """
 
 from __future__ import annotations
 
+import _codecs
 import json
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+try:  # numpy 2 moved the scalar reconstructor; old pickles still name numpy.core
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
+
+
+class _LightningCallbackKey:
+    """Stand-in for ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`` (only ever a dict key)."""
+
+
+def _numpy_dtype_classes() -> list[tuple[Any, str]]:
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    if dtypes is None or not hasattr(dtypes, "Float64DType"):
+        return []
+    return [(dtypes.Float64DType, "numpy.dtypes.Float64DType")]
+
+
+LIGHTNING_SAFE_GLOBALS: list[tuple[Any, str]] = [
+    (_LightningCallbackKey, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+    (_numpy_scalar, "numpy.core.multiarray.scalar"),
+    (_numpy_scalar, "numpy._core.multiarray.scalar"),
+    (np.dtype, "numpy.dtype"),
+    *_numpy_dtype_classes(),
+    (_codecs.encode, "_codecs.encode"),
+]
 
 
 class CheckpointError(ValueError):
@@ -88,20 +123,32 @@ def _torch_load(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise _corrupted(path, EOFError("empty file"))
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):  # old (non-zip) serialisation cannot be memory-mapped
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # scoped, not torch.serialization.add_safe_globals: nothing outlives this load
+        with torch.serialization.safe_globals(LIGHTNING_SAFE_GLOBALS):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # old (non-zip) serialisation cannot be memory-mapped
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise CheckpointError(
                 f"{path.name!r} contains Python objects besides tensors and cannot be loaded safely "
                 f"(the pack never unpickles arbitrary code). Save its state_dict alone where you trust the file "
                 f"(torch.save({{'state_dict': ckpt['state_dict']}}, ...)) or ask its author for a .safetensors "
-                f"file. Details: {str(e).splitlines()[0]}"
+                f"file. Details: {_refused_global(e)}"
             ) from e
         raise _corrupted(path, e) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise _corrupted(path, e) from e
+
+
+def _refused_global(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, in one line (its message opens with generic advice)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        return f"it refers to the Python object {named.group(1)}, which is not a tensor type"
+    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    return detail.group(1).strip() if detail else text.strip().splitlines()[0]

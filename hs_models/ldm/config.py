@@ -174,22 +174,60 @@ def builtin_config(name: str) -> LDMConfig:
     return LDMConfig.from_dict(json.loads(path.read_text()))
 
 
-def read_config_file(path: str | Path) -> LDMConfig:
-    """Read an LDM config (``.yaml`` as in the LDM repository, or ``.json`` in either format)."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml  # ComfyUI depends on PyYAML; imported here so the package imports without it
+_EXPECTED_CONFIG = (
+    "expected the checkpoint's LDM config.yaml (model.params with unet_config, first_stage_config and "
+    "cond_stage_config) or the pack's JSON config (unet, first_stage, layout_encoder, diffusion)"
+)
+_CONFIG_FIX = "fix the file, or replace it with the config.yaml the checkpoint was trained with"
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+
+def read_config_file(path: str | Path) -> LDMConfig:
+    """Read an LDM config (``.yaml`` as in the LDM repository, or ``.json`` in either format).
+
+    Every failure is a :class:`ConfigError` that names the file, what was expected and the fix.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path.name!r} ({type(e).__name__}: {e}); {_EXPECTED_CONFIG}") from e
+    data = _parse_config_text(path, text)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path.name!r} is not an LDM config: expected a mapping at the top level, got {type(data).__name__}; "
+            f"{_EXPECTED_CONFIG}; {_CONFIG_FIX}"
+        )
     try:
         return LDMConfig.from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{path.name!r}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        missing = f"no entry {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ConfigError(
+            f"{path.name!r} is not a complete LDM config: {missing}; {_EXPECTED_CONFIG}; {_CONFIG_FIX}"
+        ) from None
+
+
+def _parse_config_text(path: Path, text: str) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # ComfyUI depends on PyYAML; imported here so the package imports without it
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(
+                f"{path.name!r} is not valid YAML ({where}{problem}); {_EXPECTED_CONFIG}; {_CONFIG_FIX}"
+            ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path.name!r} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {_EXPECTED_CONFIG}; "
+            f"{_CONFIG_FIX}"
+        ) from None
 
 
 def from_ldm_config(tree: Mapping[str, Any]) -> LDMConfig:

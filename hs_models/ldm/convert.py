@@ -14,6 +14,7 @@ Everything here works on mappings of tensors or of shapes (meta tensors included
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ SCHEDULE_KEYS = (
 )
 # Top-level entries that carry no weights of the three networks.
 OTHER_KEYS = ("lvlb_weights", "logvar", "scale_factor")
+# The pack's metadata (architecture, weight set) stored as a tensor where a writer cannot set file metadata.
+METADATA_TENSOR_KEY = "hs_ldm_metadata"
 WEIGHT_CHOICES = ("auto", "ema", "live")
 
 _MARKER_UNET = UNET_PREFIX + "input_blocks.0.0.weight"
@@ -59,6 +62,31 @@ def is_semantic_ldm(keys: Any) -> bool:
     """True for an LDM checkpoint with a UNet, a VQ first stage and a SpatialRescaler layout encoder."""
     keys = set(keys)
     return _MARKER_UNET in keys and _MARKER_VQ in keys and _MARKER_TAU in keys
+
+
+def lacks_first_stage(keys: Any) -> bool:
+    """True for a UNet + layout encoder without any autoencoder weights (what core Save Model writes)."""
+    keys = set(keys)
+    return (
+        _MARKER_UNET in keys
+        and _MARKER_TAU in keys
+        and not any(k.startswith(FIRST_STAGE_PREFIX) and not k.startswith(FIRST_STAGE_PREFIX + "loss.") for k in keys)
+    )
+
+
+def metadata_to_tensor(metadata: Mapping[str, str]) -> torch.Tensor:
+    """String metadata as a uint8 tensor of its JSON, for writers that store tensors only (ComfyUI's save nodes)."""
+    return torch.frombuffer(bytearray(json.dumps(dict(metadata), sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def metadata_from_tensor(tensor: Any) -> dict[str, str]:
+    """Inverse of :func:`metadata_to_tensor`; raises ValueError for anything that is not such a tensor."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.dim() != 1:
+        raise ValueError("expected a 1-D uint8 tensor of JSON text")
+    data = json.loads(bytes(tensor.tolist()).decode("utf-8"))
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError("expected a JSON object of strings")
+    return data
 
 
 def describe_foreign(shapes: Mapping[str, Any]) -> str | None:

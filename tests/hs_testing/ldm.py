@@ -81,3 +81,49 @@ def write_foreign_checkpoint(path: Path, kind: str) -> Path:
         raise ValueError(kind)
     save_file(tensors, str(path))
     return path
+
+
+LIGHTNING_MODULE = "pytorch_lightning.callbacks.model_checkpoint"
+
+
+def write_lightning_checkpoint(path: Path, state_dict: dict, extra_callback: type | None = None) -> Path:
+    """A PyTorch-Lightning 1.x style ``.ckpt``: the state dict plus training state, with the ``callbacks`` entry
+    keyed by Lightning's ``ModelCheckpoint`` class and a numpy scalar score (as the CompVis releases are).
+
+    Lightning is not installed: a stand-in class is pickled under Lightning's module path (pickle only records
+    the name), registered in ``sys.modules`` just for the save. ``extra_callback`` adds another class as a key.
+    """
+    import types
+
+    saved = {name: sys.modules.get(name) for name in ("pytorch_lightning", "pytorch_lightning.callbacks")}
+    saved[LIGHTNING_MODULE] = sys.modules.get(LIGHTNING_MODULE)
+    module = types.ModuleType(LIGHTNING_MODULE)
+    model_checkpoint = type("ModelCheckpoint", (), {"__module__": LIGHTNING_MODULE})
+    module.ModelCheckpoint = model_checkpoint
+    callbacks = {model_checkpoint: {"monitor": None, "best_model_score": np.float64(0.25), "best_model_path": "x"}}
+    if extra_callback is not None:
+        setattr(module, extra_callback.__name__, extra_callback)
+        extra_callback.__module__, extra_callback.__qualname__ = LIGHTNING_MODULE, extra_callback.__name__
+        callbacks[extra_callback] = {}
+    try:
+        for name in saved:
+            sys.modules[name] = module if name == LIGHTNING_MODULE else types.ModuleType(name)
+        torch.save(
+            {
+                "epoch": 3,
+                "global_step": 1000,
+                "pytorch-lightning_version": "1.4.2",
+                "callbacks": callbacks,
+                "optimizer_states": [],
+                "lr_schedulers": [],
+                "state_dict": state_dict,
+            },
+            path,
+        )
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+    return path
