@@ -18,29 +18,12 @@ from safetensors.torch import save_file
 import nodes as core_nodes
 from comfyui_hs_diffusion.hs_models.labels import PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
-from hs_testing.ldm import TINY_CKPT, expected, run_converter
+from hs_testing.ldm import TINY_CKPT, run_converter
 
 FOLDER = "headswap_diffusion"
 
 
-@pytest.fixture(autouse=True)
-def _inference_mode():
-    """ComfyUI's executor runs every node under inference mode."""
-    with torch.inference_mode():
-        yield
-
-
-@pytest.fixture(scope="module")
-def ref(fixtures_dir):
-    return expected(fixtures_dir)
-
-
-@pytest.fixture(scope="module")
-def model_dir(comfy_dirs, tiny_ldm):
-    folder = comfy_dirs["models"] / FOLDER
-    for path in tiny_ldm.values():
-        shutil.copy(path, folder / path.name)
-    return folder
+pytestmark = pytest.mark.usefixtures("inference_mode")
 
 
 def _load(pack_nodes, name: str, weights: str = "auto"):

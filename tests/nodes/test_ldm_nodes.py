@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -20,31 +18,14 @@ from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
 from comfyui_hs_diffusion.hs_models.ldm import read_ldm_checkpoint
 from comfyui_hs_diffusion.nodes.diffusion_model import HeadSwapDiffusionModel, HeadSwapVQVAE, build_model
-from hs_testing.ldm import expected, write_foreign_checkpoint
+from hs_testing.ldm import write_foreign_checkpoint
 from hs_testing.tiny_models import tiny_vae
 
 TOL_COND, TOL_EPS, TOL_DECODE, TOL_DDIM = 1e-6, 1e-4, 1e-4, 1e-3
 FOLDER = "headswap_diffusion"
 
 
-@pytest.fixture(autouse=True)
-def _inference_mode():
-    """ComfyUI's executor runs every node under inference mode (core tiled VAE code relies on it)."""
-    with torch.inference_mode():
-        yield
-
-
-@pytest.fixture(scope="module")
-def ref(fixtures_dir):
-    return expected(fixtures_dir)
-
-
-@pytest.fixture(scope="module")
-def model_dir(comfy_dirs, tiny_ldm):
-    folder = comfy_dirs["models"] / FOLDER
-    for path in tiny_ldm.values():
-        shutil.copy(path, folder / path.name)
-    return folder
+pytestmark = pytest.mark.usefixtures("inference_mode")
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import torch
 
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
-from hs_testing.ldm import expected
 from hs_testing.tiny_models import conditioning, tiny_model, tiny_vae
 
 SIZE = 64  # pixels: 16×16 latent cells of the VQ-f4 autoencoder
 CKPT = "tiny_ema.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def _inference_mode():
-    """ComfyUI's executor runs every node under inference mode."""
-    with torch.inference_mode():
-        yield
-
-
-@pytest.fixture(scope="module")
-def ref(fixtures_dir):
-    return expected(fixtures_dir)
+pytestmark = pytest.mark.usefixtures("inference_mode")
 
 
 @pytest.fixture(scope="module")
