@@ -20,18 +20,31 @@ VENV="$WORK/venv"
 PY="$VENV/bin/python"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-if [ ! -x "$PY" ]; then
+# A venv counts only when its pip works: a half-made one (e.g. python3.X-venv missing on Debian/Ubuntu)
+# is made again. The install stamps live inside the venv, so a deleted venv is reinstalled in full.
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    log "error: '$PYTHON' not found. Install Python 3.11 (with its venv module, e.g. the python3.11-venv" \
+        "package on Debian/Ubuntu), or name another interpreter: PYTHON=/path/to/python3.11 $0"
+    exit 1
+  fi
   log "creating venv at $VENV"
-  "$PYTHON" -m venv "$VENV"
+  rm -rf "$VENV"
+  if ! "$PYTHON" -m venv "$VENV"; then
+    rm -rf "$VENV"
+    log "error: '$PYTHON -m venv' failed; install the venv module of that Python (Debian/Ubuntu:" \
+        "apt install python3.11-venv), then run this again"
+    exit 1
+  fi
 fi
 
 stamp_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 # 1. torch first, so nothing else can pull in another build.
-if [ "$(cat "$WORK/.torch.stamp" 2>/dev/null)" != "$TORCH_PAIR" ]; then
+if [ "$(cat "$VENV/.torch.stamp" 2>/dev/null)" != "$TORCH_PAIR" ]; then
   log "installing $TORCH_PAIR"
   "$PY" -m pip install -q --disable-pip-version-check $TORCH_PAIR
-  echo "$TORCH_PAIR" > "$WORK/.torch.stamp"
+  echo "$TORCH_PAIR" > "$VENV/.torch.stamp"
 fi
 printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$WORK/constraints.txt"
 
@@ -51,11 +64,11 @@ fi
 # 3. Python requirements: ComfyUI's (without torch*), the pack's, the test tools.
 grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$WORK/comfy-reqs.txt"
 REQ_STAMP=$(stamp_of "$WORK/comfy-reqs.txt" "$REPO/requirements.txt" "$REPO/tests/requirements.txt")
-if [ "$(cat "$WORK/.reqs.stamp" 2>/dev/null)" != "$REQ_STAMP" ]; then
+if [ "$(cat "$VENV/.reqs.stamp" 2>/dev/null)" != "$REQ_STAMP" ]; then
   log "installing ComfyUI, pack and test requirements"
   "$PY" -m pip install -q --disable-pip-version-check -c "$WORK/constraints.txt" \
       -r "$WORK/comfy-reqs.txt" -r "$REPO/requirements.txt" -r "$REPO/tests/requirements.txt"
-  echo "$REQ_STAMP" > "$WORK/.reqs.stamp"
+  echo "$REQ_STAMP" > "$VENV/.reqs.stamp"
 fi
 
 # 4. A base directory for the server (models/, input/, output/, user/ ...) and the pack link.

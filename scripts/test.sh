@@ -5,6 +5,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${HS_WORK_DIR:-$REPO/.work}
 "$REPO/scripts/setup.sh"
+WORK=$(cd "$WORK" && pwd)  # setup.sh made it; absolute, since the tests run from the repository
 PY="$WORK/venv/bin/python"
 cd "$REPO"
 echo "[test] ruff check"

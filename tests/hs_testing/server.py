@@ -121,18 +121,21 @@ def start_server(comfyui_dir: Path, pack_dir: Path, work: Path, startup_timeout:
         process = subprocess.Popen(command, cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT)
     server = ComfyServer(f"http://127.0.0.1:{port}", base, log_path, process)
     deadline = time.monotonic() + startup_timeout
-    while True:
-        if not server.alive():
-            raise RuntimeError(f"ComfyUI exited during start-up:\n{server.log()[-4000:]}")
-        try:
-            if requests.get(server.url + "/system_stats", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise TimeoutError(f"ComfyUI did not answer within {startup_timeout} s:\n{server.log()[-4000:]}")
-        time.sleep(0.25)
+    try:
+        while True:
+            if not server.alive():
+                raise RuntimeError(f"ComfyUI exited during start-up:\n{server.log()[-4000:]}")
+            try:
+                if requests.get(server.url + "/system_stats", timeout=2).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ComfyUI did not answer within {startup_timeout} s:\n{server.log()[-4000:]}")
+            time.sleep(0.25)
+    except BaseException:  # whatever ends the wait (even Ctrl-C), no server outlives it
+        server.stop()
+        raise
     return server
 
 
