@@ -45,6 +45,8 @@ def decode_layout_image(img: Image.Image, label_set_name: str, decode: str, sour
                 f"(flatten the image onto the background colour before saving)"
             )
     index_modes = ("P", "L", "LA", "PA", "I", "I;16", "1")
+    if decode == "auto" and mode in ("P", "PA"):
+        return _decode_indexed(img, label_set, source)
     if decode == "auto":
         decode = "indices" if mode in index_modes else "palette"
     if decode == "indices":
@@ -64,6 +66,27 @@ def decode_layout_image(img: Image.Image, label_set_name: str, decode: str, sour
         rgb = np.asarray(img.convert("RGB"))
         return labels_from_rgb(rgb, label_set, source)
     raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+
+
+def _decode_indexed(img: Image.Image, label_set, source: str) -> torch.Tensor:
+    """An indexed image in auto mode: by its colours when they are all palette colours, else by its indices.
+
+    Paint programs and PNG optimisers save an RGB layout with few colours as an indexed image with their own
+    palette order, so the indices of a drawing mean nothing while its colours are exact; a label map saved
+    with ids as indices and a palette of its own (e.g. grey levels) has colours that are not the pack's.
+    Where the palette matches the pack's, both readings agree.
+    """
+    try:
+        return labels_from_rgb(np.asarray(img.convert("RGB")), label_set, source)
+    except ValueError as colour_error:
+        indices = np.asarray(img.convert("P") if img.mode == "PA" else img).astype(np.int64)
+        try:
+            return labels_from_indices(indices, label_set, source)
+        except ValueError as index_error:
+            raise ValueError(
+                f"{source}: this indexed image is neither a layout drawn in the {label_set.name!r} palette nor a "
+                f"map of its class ids. As colours: {colour_error} As class ids: {index_error}"
+            ) from None
 
 
 class HeadSwapLoadLayout(io.ComfyNode):

@@ -42,6 +42,27 @@ def test_load_layout_from_indexed_and_grey_png(pack_nodes, comfy_dirs):
         assert torch.equal(layout.labels[0], labels), name
 
 
+def test_an_indexed_save_of_a_drawing_is_read_by_its_colours(pack_nodes, comfy_dirs):
+    """Paint programs and PNG optimisers store few-colour RGB drawings as indexed images in their own palette
+    order: in auto mode such a file must decode by colour, never by its meaningless indices."""
+    labels = _labels(CANONICAL, seed=3)
+    rgb = (colorize(labels[None], CANONICAL)[0] * 255).round().to(torch.uint8).numpy()
+    indexed = Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MAXCOVERAGE, dither=Image.Dither.NONE)
+    assert indexed.mode == "P" and np.array_equal(np.asarray(indexed.convert("RGB")), rgb)
+    assert not np.array_equal(np.asarray(indexed), labels.numpy())  # its indices are not the class ids
+    indexed.save(comfy_dirs["input"] / "optimised.png")
+    node = pack_nodes["HeadSwapLoadLayout"]
+    layout = node.execute(image="optimised.png", label_set="canonical8", decode="auto").result[0]
+    assert torch.equal(layout.labels[0], labels)
+    # neither reading works: both are named
+    bad = Image.fromarray(np.full((4, 4), 40, dtype=np.uint8), mode="L").convert("P")
+    bad.save(comfy_dirs["input"] / "neither.png")
+    with pytest.raises(
+        ValueError, match=r"neither a layout drawn .* As colours: .*\(40, 40, 40\).* As class ids: .*40"
+    ):
+        node.execute(image="neither.png", label_set="canonical8", decode="auto")
+
+
 def test_load_layout_rejects_off_palette_and_out_of_range(pack_nodes, comfy_dirs):
     labels = _labels(CANONICAL, seed=2)
     rgb = (colorize(labels[None], CANONICAL)[0] * 255).round().to(torch.uint8).numpy().copy()
