@@ -36,9 +36,11 @@ class _LightningCallbackKey:
 
 def _numpy_dtype_classes() -> list[tuple[Any, str]]:
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
-    if dtypes is None or not hasattr(dtypes, "Float64DType"):
+    if dtypes is None:
         return []
-    return [(dtypes.Float64DType, "numpy.dtypes.Float64DType")]
+    # scalars logged by Lightning (scores, step counters) carry their dtype's class; all are inert data
+    names = ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")
+    return [(getattr(dtypes, name), f"numpy.dtypes.{name}") for name in names if hasattr(dtypes, name)]
 
 
 LIGHTNING_SAFE_GLOBALS: list[tuple[Any, str]] = [
@@ -150,5 +152,8 @@ def _refused_global(error: pickle.UnpicklingError) -> str:
     named = re.search(r"GLOBAL ([\w.]+)", text)
     if named:
         return f"it refers to the Python object {named.group(1)}, which is not a tensor type"
-    detail = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    kind = re.search(r"but got <class '([\w.]+)'>", text)
+    if kind:
+        return f"it holds a {kind.group(1)} object, which is not a tensor type"
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     return detail.group(1).strip() if detail else text.strip().splitlines()[0]

@@ -57,6 +57,19 @@ def test_other_pickled_globals_are_still_refused(tiny_state, tmp_path):
     assert "'other.ckpt' contains Python objects besides tensors" in result.stderr
 
 
+def test_lightning_scalars_of_other_dtypes_load_and_unknown_data_is_named(tiny_state, tmp_path):
+    import numpy as np
+
+    state = dict(tiny_state)
+    path = tmp_path / "scalars.ckpt"
+    torch.save({"state_dict": state, "global_step": np.int64(1000), "score": np.float32(0.5)}, path)
+    assert read_ldm_checkpoint(path).weights == "ema"
+    torch.save({"state_dict": state, "odd": np.complex128(1j)}, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=r"it holds a numpy\.dtypes\.Complex128DType object") as info:
+        read_ldm_checkpoint(tmp_path / "odd.ckpt")
+    assert "weights_only` set to `False`" not in str(info.value)  # never the advice to unpickle unsafely
+
+
 # ------------------------------------------------------------------------------------------------
 # malformed config files: sidecars next to a checkpoint and the converter's --config
 # ------------------------------------------------------------------------------------------------
