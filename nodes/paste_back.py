@@ -21,7 +21,7 @@ def _mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
             f"{name} is {'×'.join(map(str, mask.shape[-1:-3:-1]))} but body_image is {size[1]}×{size[0]}; give masks "
             f"at the size of the body image (the canvas)"
         )
-    return mask.to(torch.float32).clamp(0.0, 1.0)
+    return mask.to("cpu", torch.float32).clamp(0.0, 1.0)
 
 
 def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "result") -> torch.Tensor:
@@ -121,10 +121,11 @@ class HeadSwapPasteBack(io.ComfyNode):
             raise ValueError(
                 f"skin-tone matching needs both head_skin_mask and neck_mask; connect {missing} too, or neither"
             )
-        body_image = body_image[..., :3].to(torch.float32)
+        # the compositing runs on the CPU (OpenCV distances), wherever ComfyUI keeps its images (--gpu-only)
+        body_image = body_image[..., :3].to("cpu", torch.float32)
         size = tuple(body_image.shape[1:3])
         named = [
-            ("result", result[..., :3].to(torch.float32)),
+            ("result", result[..., :3].to("cpu", torch.float32)),
             ("body_image", body_image),
             ("body_mask", _mask(body_mask, "body_mask", size)),
         ]
@@ -135,7 +136,7 @@ class HeadSwapPasteBack(io.ComfyNode):
                     f"{size[0]}; give the head aligned onto the body canvas"
                 )
             named += [
-                ("head_image", head_image[..., :3].to(torch.float32)),
+                ("head_image", head_image[..., :3].to("cpu", torch.float32)),
                 ("head_mask", _mask(head_mask, "head_mask", size)),
             ]
         if head_skin_mask is not None:
