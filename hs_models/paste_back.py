@@ -170,6 +170,24 @@ def _poisson_clone(
     (relative residual) leaves an error of at most about two 8-bit levels deep inside wide bands, smooth and
     so invisible; kept pixels are exact whatever it is.
     """
+    out = kept.to(torch.float32).clamp(0.0, 1.0)
+    rows = torch.nonzero(band.any(dim=2).any(dim=0)).flatten()
+    cols = torch.nonzero(band.any(dim=1).any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return out
+    # The system only involves the band and its 4-neighbours: solve on their bounding box.
+    top, bottom = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, band.shape[1])
+    left, right = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, band.shape[2])
+    window = (slice(None), slice(top, bottom), slice(left, right))
+    out = out.clone()
+    out[window] = _poisson_solve(generated[window], kept[window], band[window], tolerance, max_iterations)
+    return out
+
+
+def _poisson_solve(
+    generated: torch.Tensor, kept: torch.Tensor, band: torch.Tensor, tolerance: float, max_iterations: int
+) -> torch.Tensor:
+    """``_poisson_clone`` on a window that holds the whole band and the kept pixels around it."""
     batch, height, width, channels = generated.shape
 
     def planes(image: torch.Tensor) -> torch.Tensor:  # one (H,W) plane per image and channel

@@ -139,3 +139,18 @@ def test_poisson_keeps_the_generated_gradients_and_meets_a_head_inside_the_band(
     # the 0.2 difference is spread over the 5-px band: no step larger than the texture's own plus a share of it
     assert float(steps.max()) < float(texture_steps.max()) + 0.2 / 3, float(steps.max())
     assert torch.equal(out[radius < 7], (head_image + 0.2)[0, ..., 0][radius < 7])
+
+
+def test_poisson_solves_on_the_bands_bounding_box_as_on_the_whole_image():
+    from comfyui_hs_diffusion.hs_models.paste_back import _poisson_clone, _poisson_solve
+
+    g = torch.Generator().manual_seed(4)
+    generated, kept = torch.rand(2, 48, 40, 3, generator=g), torch.rand(2, 48, 40, 3, generator=g)
+    band = torch.zeros(2, 48, 40, dtype=torch.bool)
+    band[0, 10:20, 12:30] = True
+    band[1, 25:31, 5:9] = True
+    windowed = _poisson_clone(generated, kept, band, tolerance=1e-7)
+    whole = _poisson_solve(generated, kept, band, tolerance=1e-7, max_iterations=5000)
+    assert torch.allclose(windowed, whole, atol=1e-5)
+    assert torch.equal(windowed[~band], kept[~band])
+    assert torch.equal(_poisson_clone(generated, kept, torch.zeros_like(band)), kept)
