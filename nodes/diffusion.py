@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
+
+import comfy.sd
 import folder_paths
 import node_helpers
+from comfy.cli_args import args
 from comfy_api.latest import io
 
 from ..hs_models.layout import SemanticLayout
 from ..hs_models.ldm import ForeignCheckpointError, read_ldm_checkpoint
 from ..hs_models.ldm.convert import WEIGHT_CHOICES
-from .diffusion_model import LAYOUT_KEY, UNKNOWN_POLICY_KEY, WEIGHT_DTYPES, build_model, build_vae, describe
+from ..hs_models.log import logger
+from .diffusion_model import (
+    LAYOUT_KEY,
+    UNKNOWN_POLICY_KEY,
+    WEIGHT_DTYPES,
+    HeadSwapDiffusionModel,
+    HeadSwapVQVAE,
+    build_model,
+    build_vae,
+    describe,
+)
 from .types import HeadSwapLayout
 
 FOLDER = "headswap_diffusion"
@@ -125,4 +140,53 @@ class HeadSwapLayoutConditioning(io.ComfyNode):
         return io.NodeOutput(positive, negative)
 
 
-NODES = [HeadSwapDiffusionLoader, HeadSwapLayoutConditioning]
+class HeadSwapSaveDiffusion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HeadSwapSaveDiffusion",
+            display_name="Save Semantic-Mixing LDM (HeadSwap)",
+            category="headswap/loaders",
+            description=(
+                "Saves a semantic-mixing LDM (e.g. with a LoRA applied, or merged) with its VQ autoencoder as one "
+                ".safetensors file in the output folder, which Load Semantic-Mixing LDM reads back from "
+                "models/headswap_diffusion: UNet, layout encoder τ_θ, autoencoder and architecture."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="A MODEL from Load Semantic-Mixing LDM (patches are baked in)."),
+                io.Vae.Input("vae", tooltip="The VAE from Load Semantic-Mixing LDM."),
+                io.String.Input("filename_prefix", default="headswap_diffusion/hs_ldm"),
+            ],
+            outputs=[],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, filename_prefix: str) -> io.NodeOutput:
+        if not isinstance(getattr(model, "model", None), HeadSwapDiffusionModel):
+            raise ValueError(
+                f"model: this node saves a semantic-mixing LDM, got a {type(getattr(model, 'model', model)).__name__}; "
+                f"save other models with the core Checkpoint Save node"
+            )
+        if not isinstance(vae, HeadSwapVQVAE):
+            raise ValueError(
+                f"vae: expected the VQ autoencoder from Load Semantic-Mixing LDM, got a {type(vae).__name__}; the "
+                f"loader needs the model's own autoencoder in the file"
+            )
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory()
+        )
+        metadata = {}
+        hidden = cls.hidden  # set by ComfyUI's executor; None when the node is called directly
+        if not args.disable_metadata and hidden is not None:
+            metadata["prompt"] = json.dumps(hidden.prompt)
+            for key, value in (hidden.extra_pnginfo or {}).items():
+                metadata[key] = json.dumps(value)
+        path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+        comfy.sd.save_checkpoint(path, model, vae=vae, metadata=metadata)
+        logger.info("Saved the semantic-mixing LDM to %s", path)
+        return io.NodeOutput()
+
+
+NODES = [HeadSwapDiffusionLoader, HeadSwapLayoutConditioning, HeadSwapSaveDiffusion]

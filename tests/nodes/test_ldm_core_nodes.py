@@ -19,6 +19,7 @@ import nodes as core_nodes
 from comfyui_hs_diffusion.hs_models.labels import PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
 from hs_testing.ldm import TINY_CKPT, run_converter
+from hs_testing.tiny_models import tiny_model, tiny_vae
 
 FOLDER = "headswap_diffusion"
 
@@ -138,6 +139,25 @@ def test_checkpoint_save_round_trip_through_the_loader(pack_nodes, loaded, model
     latent = vae.encode(image)
     assert torch.equal(vae2.encode(image), latent)
     assert torch.equal(vae2.decode(latent), vae.decode(latent))
+
+
+def test_the_pack_save_node_writes_a_file_the_loader_reads_back(pack_nodes, loaded, model_dir, comfy_dirs, ref):
+    """Core Checkpoint Save needs a CLIP input this model does not have; the pack's node takes MODEL + VAE."""
+    model, vae = loaded
+    lora, _ = _out_conv_lora(model)
+    (patched, _) = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    save = pack_nodes["HeadSwapSaveDiffusion"]
+    save.execute(patched, vae, "ldm_saved/pack")
+    shutil.copy(_saved(comfy_dirs, "ldm_saved/pack"), model_dir / "resaved_pack.safetensors")
+    model2, vae2 = _load(pack_nodes, "resaved_pack.safetensors")
+    assert model2.model.model_config.ldm_config == model.model.model_config.ldm_config
+    assert torch.equal(_denoised(model2, ref), _denoised(patched, ref))
+    image = (ref["image"][:1].permute(0, 2, 3, 1) + 1) / 2
+    assert torch.equal(vae2.encode(image), vae.encode(image))
+    with pytest.raises(ValueError, match=r"vae: expected the VQ autoencoder from Load Semantic-Mixing LDM, got a"):
+        save.execute(model, tiny_vae(channels=3, downscale=4, seed=0), "ldm_saved/bad")
+    with pytest.raises(ValueError, match=r"model: this node saves a semantic-mixing LDM, got a .*Checkpoint Save"):
+        save.execute(tiny_model(channels=4), vae, "ldm_saved/bad")
 
 
 def test_saved_file_keeps_a_lora_and_the_layout_encoder(pack_nodes, loaded, model_dir, comfy_dirs, ref):
