@@ -10,6 +10,7 @@ Goals: ≤ 1.05× time, ≤ 1.10× peak memory.
 
     python scripts/bench_sampler.py            # quick: tiny UNet, SD1.5-sized UNet at 128² (a few minutes on CPU)
     python scripts/bench_sampler.py --full     # SD1.5 at 512² (64×64 latent), more steps and repeats
+    python scripts/bench_sampler.py --sd-cells 64 --sd-steps 4 --sd-repeat 3   # 512², shorter
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="SD1.5 at 64×64 latent cells, 20 steps, 5 repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--sd-cells", type=int, help="SD1.5-sized run: latent side in cells (64 = 512² image)")
+    parser.add_argument("--sd-steps", type=int, help="SD1.5-sized run: sampling steps")
+    parser.add_argument("--sd-repeat", type=int, help="SD1.5-sized run: interleaved repeats")
     args = parser.parse_args()
     load_comfy_and_pack(cpu=True)
     import comfy.utils
@@ -115,10 +119,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
     bench("tiny UNet", tiny_model(channels=4), CONTEXT_DIM, cells=64, steps=10, repeat=15)
     model = sd15_sized_model()
-    if args.full:
-        bench("SD1.5-sized UNet", model, 768, cells=64, steps=20, repeat=5)
-    else:
-        bench("SD1.5-sized UNet", model, 768, cells=16, steps=3, repeat=5)
+    cells, steps, repeat = (64, 20, 5) if args.full else (16, 3, 5)
+    bench(
+        "SD1.5-sized UNet",
+        model,
+        768,
+        cells=args.sd_cells or cells,
+        steps=args.sd_steps or steps,
+        repeat=args.sd_repeat or repeat,
+    )
 
 
 if __name__ == "__main__":
