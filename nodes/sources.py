@@ -70,7 +70,12 @@ def encode_sources(vae, head_image, head_mask, body_image, body_mask):
             f"onto the body image first (Neck Alignment) or resize them to the same size"
         )
     height, width = body_image.shape[1:3]
-    masks = {"head_mask": _mask_batch(head_mask, "head_mask"), "body_mask": _mask_batch(body_mask, "body_mask")}
+    # one device for the compositing below (a decoded image may live on the GPU under --gpu-only)
+    head_image = head_image.to(body_image.device)
+    masks = {
+        "head_mask": _mask_batch(head_mask, "head_mask").to(body_image.device),
+        "body_mask": _mask_batch(body_mask, "body_mask").to(body_image.device),
+    }
     for name, mask in masks.items():
         if tuple(mask.shape[1:]) != (height, width):
             raise ValueError(
