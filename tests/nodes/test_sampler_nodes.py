@@ -68,6 +68,18 @@ def _ksampler(nodes_, model, encoded, **options):
     return node.execute(model, positive, negative, head_latent, head_mask, body_latent, body_mask, **args).result[0]
 
 
+def _guider(nodes_, model, encoded, noise_mode="shared"):
+    """The Semantic-Mix Guider with the KSampler's default options (cfg 4, full fusion, no schedule)."""
+    head_latent, head_mask, body_latent, body_mask = encoded
+    node = nodes_["HeadSwapSemanticMixGuider"]
+    positive, negative = conditioning(seed=10), conditioning(seed=11)
+    options = dict(
+        cfg=4.0, noise_mode=noise_mode, fusion_start=0.0, fusion_end=1.0, mask_dilation="", soft_masks="blend",
+        final_fusion=True,
+    )  # fmt: skip
+    return node.execute(model, positive, negative, head_latent, head_mask, body_latent, body_mask, **options).result[0]
+
+
 def _regions(encoded, like):
     _, head_keep, _, body_keep = encoded
     head = head_keep[:, None].bool().expand_as(like)
@@ -278,29 +290,11 @@ def test_guider_through_sampler_custom_advanced_equals_the_ksampler(pack_nodes, 
     from comfy_extras import nodes_custom_sampler as custom
 
     model, vae = sd_like
-    head_latent, head_keep, body_latent, body_keep = encoded = _encode(pack_nodes, vae)
-    positive, negative = conditioning(seed=10), conditioning(seed=11)
+    encoded = _encode(pack_nodes, vae)
+    body_latent = encoded[2]
+    positive, negative = conditioning(seed=10), conditioning(seed=11)  # as _guider's
     for noise_mode in ("shared", "fresh"):
-        guider = (
-            pack_nodes["HeadSwapSemanticMixGuider"]
-            .execute(
-                model,
-                positive,
-                negative,
-                head_latent,
-                head_keep,
-                body_latent,
-                body_keep,
-                4.0,
-                noise_mode,
-                0.0,
-                1.0,
-                "",
-                "blend",
-                True,
-            )  # fmt: skip
-            .result[0]
-        )
+        guider = _guider(pack_nodes, model, encoded, noise_mode)
         sigmas = custom.BasicScheduler.execute(model, "normal", 2, 1.0).result[0]
         sampler = custom.KSamplerSelect.execute("euler").result[0]
         noise = custom.RandomNoise.execute(3).result[0]
@@ -340,26 +334,7 @@ def test_inpainting_model_gets_core_inpaint_conditioning(pack_nodes):
     model, vae = tiny_model(channels=4, inpaint=True, seed=4), tiny_vae(channels=4, downscale=8, seed=1)
     encoded = head_latent, head_keep, body_latent, body_keep = _encode(pack_nodes, vae)
     positive, negative = conditioning(seed=10), conditioning(seed=11)
-    guider = (
-        pack_nodes["HeadSwapSemanticMixGuider"]
-        .execute(
-            model,
-            positive,
-            negative,
-            head_latent,
-            head_keep,
-            body_latent,
-            body_keep,
-            4.0,
-            "shared",
-            0.0,
-            1.0,
-            "",
-            "blend",
-            True,
-        )  # fmt: skip
-        .result[0]
-    )
+    guider = _guider(pack_nodes, model, encoded)
     # What core's InpaintModelConditioning builds from the head-over-body canvas and the transition mask:
     head_img, body_img = _images()
     head_px, body_px = _pixel_masks()
