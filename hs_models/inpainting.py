@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from .alignment import NECK_FALLBACK_RATIO, measure_neck
 from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .log import logger
 from .morphology import as_numpy, class_mask_np, first_true_np, nearest_label_fill_np
+from .neck_geometry import NECK_FALLBACK_RATIO, measure_neck
 
 BACKENDS = ("auto", "heuristic")
 NECK_FLARE = 1.1  # neck width at the collar / at the chin (method.md §6.4)

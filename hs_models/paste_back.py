@@ -17,12 +17,17 @@ Images are (B,H,W,3) float 0..1, masks (B,H,W) float 0..1 (1 = kept / selected),
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import kornia
 import numpy as np
 import torch
 
+from .batching import common_batch_size
+
 BLEND_MODES = ("feathered", "poisson")
+MAX_VAE_CROP = 64  # a VAE centre-crops less than one latent cell (≤ 64 px for every image VAE ComfyUI knows)
 _STD_RATIO_RANGE = (0.5, 2.0)  # keeps a tiny or flat region from amplifying noise [PROPOSAL]
 
 
@@ -235,3 +240,118 @@ def band_weight(layers: list[tuple[torch.Tensor, torch.Tensor]], feather: int) -
     for weight in source_weights([keep for _, keep in layers], feather):
         generated = generated * (1.0 - weight)
     return generated
+
+
+def check_mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
+    """A MASK input as (B,H,W) float32 0..1 on the CPU, or an error naming it when it is not at the canvas size."""
+    if mask.ndim == 2:
+        mask = mask.unsqueeze(0)
+    if mask.ndim != 3 or tuple(mask.shape[1:]) != size:
+        raise ValueError(
+            f"{name} is {'×'.join(map(str, mask.shape[-1:-3:-1]))} but body_image is {size[1]}×{size[0]}; give masks "
+            f"at the size of the body image (the canvas)"
+        )
+    return mask.to("cpu", torch.float32).clamp(0.0, 1.0)
+
+
+def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "result") -> torch.Tensor:
+    """The decoded result on the body canvas: a VAE centre-crops images to its downscale factor, so a result
+    a few pixels smaller than the body image goes back at that crop's offset (the body fills the rest).
+
+    The batch sizes must already agree or body_image be a single image (``broadcast_batches`` first): the
+    canvas is one body image per result image.
+    """
+    height, width = body_image.shape[1:3]
+    h, w = result.shape[1:3]
+    if (h, w) == (height, width):
+        return result
+    if not (0 <= height - h < MAX_VAE_CROP and 0 <= width - w < MAX_VAE_CROP):
+        raise ValueError(
+            f"{name} is {w}×{h} but body_image is {width}×{height}; decode the latents sampled on this body image "
+            f"(Paste Back takes the decoded result at the canvas size, or VAE-cropped by less than 64 px)"
+        )
+    top, left = (height - h) // 2, (width - w) // 2
+    canvas = body_image.expand(result.shape[0], -1, -1, -1).clone()
+    canvas[:, top : top + h, left : left + w] = result
+    return canvas
+
+
+def broadcast_named(*named: tuple[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Batches of 1 broadcast to the common batch size; other mismatches are an error naming the inputs."""
+    batch = common_batch_size({name: t.shape[0] for name, t in named})
+    return [t.expand(batch, *t.shape[1:]) if t.shape[0] != batch else t for _, t in named]
+
+
+@dataclass(frozen=True)
+class PasteBackResult:
+    image: torch.Tensor  # (B,H,W,3) float32 on the CPU
+    warnings: tuple[str, ...] = ()  # what the user should know about this result (shown on the node)
+
+
+def paste_back_images(
+    result: torch.Tensor,
+    body_image: torch.Tensor,
+    body_mask: torch.Tensor,
+    blend: str = "feathered",
+    feather: int = 8,
+    skin_tone: float = 1.0,
+    head_image: torch.Tensor | None = None,
+    head_mask: torch.Tensor | None = None,
+    head_skin_mask: torch.Tensor | None = None,
+    neck_mask: torch.Tensor | None = None,
+) -> PasteBackResult:
+    """The whole Paste Back step on ComfyUI-shaped inputs (images (B,H,W,C), masks (B,H,W) or (H,W)).
+
+    Checks the inputs (names every mismatch), broadcasts batches of 1, puts a VAE-cropped result back on the
+    canvas, matches the generated neck's skin tone to the head's (when both skin masks are given) and
+    composites with :func:`paste_back`, the body below and the aligned head above. Works on the CPU whatever
+    device the inputs live on.
+    """
+    if (head_image is None) != (head_mask is None):
+        missing = "head_mask" if head_mask is None else "head_image"
+        raise ValueError(f"head_image and head_mask go together; connect {missing} too, or neither")
+    if (head_skin_mask is None) != (neck_mask is None):
+        missing = "neck_mask" if neck_mask is None else "head_skin_mask"
+        raise ValueError(
+            f"skin-tone matching needs both head_skin_mask and neck_mask; connect {missing} too, or neither"
+        )
+    # the compositing runs on the CPU (OpenCV distances), wherever ComfyUI keeps its images (--gpu-only)
+    body_image = body_image[..., :3].to("cpu", torch.float32)
+    size = tuple(body_image.shape[1:3])
+    named = [
+        ("result", result[..., :3].to("cpu", torch.float32)),
+        ("body_image", body_image),
+        ("body_mask", check_mask(body_mask, "body_mask", size)),
+    ]
+    if head_image is not None:
+        if tuple(head_image.shape[1:3]) != size:
+            raise ValueError(
+                f"head_image is {head_image.shape[2]}×{head_image.shape[1]} but body_image is {size[1]}×"
+                f"{size[0]}; give the head aligned onto the body canvas"
+            )
+        named += [
+            ("head_image", head_image[..., :3].to("cpu", torch.float32)),
+            ("head_mask", check_mask(head_mask, "head_mask", size)),
+        ]
+    if head_skin_mask is not None:
+        named += [
+            ("head_skin_mask", check_mask(head_skin_mask, "head_skin_mask", size)),
+            ("neck_mask", check_mask(neck_mask, "neck_mask", size)),
+        ]
+    tensors = dict(zip([n for n, _ in named], broadcast_named(*named), strict=True))
+    # placed after broadcasting: a cropped result gets one body canvas per image of the common batch
+    tensors["result"] = place_result(tensors["result"], tensors["body_image"])
+    layers = [(tensors["body_image"], tensors["body_mask"])]
+    if head_image is not None:
+        layers.append((tensors["head_image"], tensors["head_mask"]))
+    image = tensors["result"]
+    notes = []
+    if head_skin_mask is not None and skin_tone > 0:
+        reference = tensors.get("head_image", image)
+        target = tensors["neck_mask"] * band_weight(layers, feather)
+        image, skipped = transfer_skin_tone(image, reference, tensors["head_skin_mask"], target, skin_tone)
+        if skipped:
+            notes.append(
+                f"Skin tone not matched for image(s) {skipped}: head_skin_mask or the neck inside the band is empty."
+            )
+    return PasteBackResult(paste_back(image, layers, blend, feather), tuple(notes))

@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from ..hs_models.log import logger
-from ..hs_models.paste_back import BLEND_MODES, band_weight, paste_back, transfer_skin_tone
-from ._tensors import broadcast_batches
+from ..hs_models.paste_back import BLEND_MODES, paste_back_images
 
 CATEGORY = "headswap/sampling"
-_MAX_CROP = 64  # a VAE centre-crops less than one latent cell (≤ 64 px for every image VAE ComfyUI knows)
-
-
-def _mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim != 3 or tuple(mask.shape[1:]) != size:
-        raise ValueError(
-            f"{name} is {'×'.join(map(str, mask.shape[-1:-3:-1]))} but body_image is {size[1]}×{size[0]}; give masks "
-            f"at the size of the body image (the canvas)"
-        )
-    return mask.to("cpu", torch.float32).clamp(0.0, 1.0)
-
-
-def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "result") -> torch.Tensor:
-    """The decoded result on the body canvas: a VAE centre-crops images to its downscale factor, so a result
-    a few pixels smaller than the body image goes back at that crop's offset (the body fills the rest).
-
-    The batch sizes must already agree or body_image be a single image (``broadcast_batches`` first): the
-    canvas is one body image per result image.
-    """
-    height, width = body_image.shape[1:3]
-    h, w = result.shape[1:3]
-    if (h, w) == (height, width):
-        return result
-    if not (0 <= height - h < _MAX_CROP and 0 <= width - w < _MAX_CROP):
-        raise ValueError(
-            f"{name} is {w}×{h} but body_image is {width}×{height}; decode the latents sampled on this body image "
-            f"(Paste Back takes the decoded result at the canvas size, or VAE-cropped by less than 64 px)"
-        )
-    top, left = (height - h) // 2, (width - w) // 2
-    canvas = body_image.expand(result.shape[0], -1, -1, -1).clone()
-    canvas[:, top : top + h, left : left + w] = result
-    return canvas
 
 
 class HeadSwapPasteBack(io.ComfyNode):
@@ -113,54 +77,13 @@ class HeadSwapPasteBack(io.ComfyNode):
         cls, result, body_image, body_mask, blend, feather, skin_tone,
         head_image=None, head_mask=None, head_skin_mask=None, neck_mask=None,
     ) -> io.NodeOutput:  # fmt: skip
-        if (head_image is None) != (head_mask is None):
-            missing = "head_mask" if head_mask is None else "head_image"
-            raise ValueError(f"head_image and head_mask go together; connect {missing} too, or neither")
-        if (head_skin_mask is None) != (neck_mask is None):
-            missing = "neck_mask" if neck_mask is None else "head_skin_mask"
-            raise ValueError(
-                f"skin-tone matching needs both head_skin_mask and neck_mask; connect {missing} too, or neither"
-            )
-        # the compositing runs on the CPU (OpenCV distances), wherever ComfyUI keeps its images (--gpu-only)
-        body_image = body_image[..., :3].to("cpu", torch.float32)
-        size = tuple(body_image.shape[1:3])
-        named = [
-            ("result", result[..., :3].to("cpu", torch.float32)),
-            ("body_image", body_image),
-            ("body_mask", _mask(body_mask, "body_mask", size)),
-        ]
-        if head_image is not None:
-            if tuple(head_image.shape[1:3]) != size:
-                raise ValueError(
-                    f"head_image is {head_image.shape[2]}×{head_image.shape[1]} but body_image is {size[1]}×"
-                    f"{size[0]}; give the head aligned onto the body canvas"
-                )
-            named += [
-                ("head_image", head_image[..., :3].to("cpu", torch.float32)),
-                ("head_mask", _mask(head_mask, "head_mask", size)),
-            ]
-        if head_skin_mask is not None:
-            named += [
-                ("head_skin_mask", _mask(head_skin_mask, "head_skin_mask", size)),
-                ("neck_mask", _mask(neck_mask, "neck_mask", size)),
-            ]
-        tensors = dict(zip([n for n, _ in named], broadcast_batches(*named), strict=True))
-        # placed after broadcasting: a cropped result gets one body canvas per image of the common batch
-        tensors["result"] = place_result(tensors["result"], tensors["body_image"])
-        layers = [(tensors["body_image"], tensors["body_mask"])]
-        if head_image is not None:
-            layers.append((tensors["head_image"], tensors["head_mask"]))
-        result = tensors["result"]
-        if head_skin_mask is not None and skin_tone > 0:
-            reference = tensors.get("head_image", result)
-            target = tensors["neck_mask"] * band_weight(layers, feather)
-            result, skipped = transfer_skin_tone(result, reference, tensors["head_skin_mask"], target, skin_tone)
-            if skipped:
-                logger.warning(
-                    "Skin tone not matched for image(s) %s: head_skin_mask or the neck inside the band is empty.",
-                    skipped,
-                )
-        return io.NodeOutput(paste_back(result, layers, blend, feather))
+        pasted = paste_back_images(
+            result, body_image, body_mask, blend, feather, skin_tone,
+            head_image=head_image, head_mask=head_mask, head_skin_mask=head_skin_mask, neck_mask=neck_mask,
+        )  # fmt: skip
+        for note in pasted.warnings:
+            logger.warning("HeadSwapPasteBack: %s", note)
+        return io.NodeOutput(pasted.image)
 
 
 NODES = [HeadSwapPasteBack]

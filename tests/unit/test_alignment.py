@@ -10,13 +10,13 @@ from comfyui_hs_diffusion.hs_models.alignment import (
     AlignmentOptions,
     HeadTransform,
     estimate_alignment,
-    measure_neck,
     pose_points,
     warp_head,
     warp_image,
 )
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
+from comfyui_hs_diffusion.hs_models.neck_geometry import measure_neck
 from comfyui_hs_diffusion.hs_models.synthetic import HalfBodyFigure, Placement, draw_half_body, random_figure
 from hs_testing.layouts import apply, photos, same_person_pairs, stack, true_transform
 
