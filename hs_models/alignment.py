@@ -3,11 +3,13 @@
 method.md §4. The paper confirms that a "neck alignment" step exists but publishes no algorithm; the
 measurements, the two estimation modes and the clamps here are the project's [PROPOSAL]:
 
-* mode ``layout`` (A): from the two layouts. The chin is the lowest face row within the central half
-  of the face; the neck width is a robust mean of the per-row neck widths over the upper half of the
-  neck; the anchor is the neck's top centre at the chin line. A neck hidden by hair or clothes falls
-  back to 0.45 × face width and the chin point. Scale = body neck width / head neck width (face widths
-  when either neck is hidden), translation puts the head's anchor on the body's anchor.
+* mode ``layout`` (A): from the two layouts, by the **face**. The visible neck is unreliable in photos
+  in the wild (hair over one side, collars, scarves) and its width relative to the face differs between
+  people (about 0.4–0.6), so the scale is the ratio of the face widths across the cheeks (read from the
+  free side of the face's axis where hair covers one cheek), refined to the ratio of the face areas
+  where the two agree; the chin point (on the face's axis, on the chin line) of the head goes onto the
+  body's. Face heights and, where both necks are visible, neck widths are cross-checks: they never
+  decide, and a disagreement is reported. Of several face-labelled regions the largest is the face.
 * mode ``keypoints`` (B): from OpenPose body keypoints (COCO-18 or BODY_25): scale = ratio of shoulder
   widths, the head's neck keypoint lands on the body's.
 * mode ``none``: identity (pre-aligned pairs); different canvas sizes are fitted by height.
@@ -32,9 +34,12 @@ from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .log import logger
 from .morphology import as_numpy
-from .neck_geometry import measure_neck, measure_upright
+from .neck_geometry import MIN_FACE_PIXELS, SIMILAR_FACE_RATIO, NeckGeometry, measure_neck, measure_upright
 
 MODES = ("auto", "layout", "keypoints", "none")
+AREA_AGREEMENT = 0.04  # face-area and face-width ratios this close: the (sub-pixel) area ratio is used
+NECK_RATIO_AGREEMENT = 0.08  # neck/face width ratios of the two people this close: the necks agree
+HEIGHT_AGREEMENT = 0.12  # face-height ratio this far from the scale: reported (fringe, hat, face shape)
 _NOSE, _NECK, _RIGHT_SHOULDER, _LEFT_SHOULDER = 0, 1, 2, 5
 
 
@@ -78,6 +83,17 @@ class HeadTransform:
     def scales(self) -> torch.Tensor:
         return torch.linalg.det(self.matrix[:, :, :2]).abs().sqrt()
 
+    def warnings(self) -> list[str]:
+        """Everything about these transforms that changed the result against the estimate, one line each
+        (a clamped scale, a face moved back onto the canvas, a face chosen among several)."""
+        lines = []
+        for i, d in enumerate(self.details):
+            lines += [f"image {i}: {w}" for w in d.get("warnings", ())]
+            if d.get("moved_onto_canvas"):
+                dx, dy = d["moved_onto_canvas"]
+                lines.append(f"image {i}: the aligned face would leave the canvas; moved by ({dx:+.1f}, {dy:+.1f}) px")
+        return lines
+
     def describe(self) -> str:
         """One readable line per image."""
         lines = []
@@ -97,8 +113,12 @@ class HeadTransform:
             if d.get("moved_onto_canvas"):
                 dx, dy = d["moved_onto_canvas"]
                 line += f"; moved by ({dx:+.1f}, {dy:+.1f}) px to keep the face on the canvas"
+            for check in d.get("cross_checks", ()):
+                line += f"; {check}"
             if d.get("note"):
                 line += f"; {d['note']}"
+            for warning in d.get("warnings", ()):
+                line += f"; WARNING: {warning}"
             lines.append(line)
         return "\n".join(lines)
 
@@ -179,19 +199,69 @@ class AlignmentOptions:
     """User controls of the alignment (defaults are the project's [PROPOSAL])."""
 
     mode: str = "auto"
-    scale_min: float = 0.5  # relative to the ratio of the canvas sizes (body / head)
+    scale_min: float = 0.5  # relative to the ratio of the face sizes (body / head); canvas sizes without faces
     scale_max: float = 2.0
     max_rotation: float = 0.0  # degrees; 0 = no rotation
     scale_nudge: float = 1.0  # multiplies the estimated scale, about the anchor
     offset: tuple[float, float] = (0.0, 0.0)  # body pixels, added last
 
 
-def _no_face_error(source: str, index: int, why: str) -> ValueError:
+def _no_face_error(source: str, index: int, why: str, pixels: float = 0.0) -> ValueError:
+    if pixels > 0:
+        return ValueError(
+            f"{source}: image {index}: the face is {int(pixels)} pixels, fewer than the {MIN_FACE_PIXELS} the layout "
+            f"stages need to measure a face (chin line, cheek width); {why}. Use a closer crop of this person "
+            f"(or a larger image), or mode 'keypoints' (pose keypoints) or 'none' (pre-aligned pairs)"
+        )
     return ValueError(
         f"{source}: image {index} has no face ({why}); neck alignment needs the face class to find the chin. "
         f"Check that the layout comes from a face parser for this image and uses the right label set, or "
         f"use mode 'keypoints' (pose keypoints) or 'none' (pre-aligned pairs), which need no face"
     )
+
+
+def face_choice_warning(source: str, index: int, geometry: NeckGeometry, item: int) -> str | None:
+    """A warning when a second face in one photo is of similar size to the one used (the choice may be wrong)."""
+    main, other = float(geometry.face_pixels[item]), float(geometry.other_face_pixels[item])
+    if main <= 0 or other < SIMILAR_FACE_RATIO * main:
+        return None
+    mx, my = geometry.face_center[item].tolist()
+    ox, oy = geometry.other_face_center[item].tolist()
+    return (
+        f"{source} image {index} has two faces of similar size ({int(main)} and {int(other)} px); used the larger "
+        f"one at ({mx:.0f}, {my:.0f}), not the one at ({ox:.0f}, {oy:.0f}). To use the other person, crop the "
+        f"photo to them or draw the layout (Load Layout)"
+    )
+
+
+def face_scale(head: NeckGeometry, h: int, body: NeckGeometry, b: int) -> tuple[float, str, list[str]]:
+    """Scale of the head onto the body from the two faces (method.md §4, mode A): the cue that decided and
+    the cross-checks that disagree with it."""
+    by_width = float(body.face_width[b] / head.face_width[h])
+    by_area = math.sqrt(float(body.face_pixels[b] / head.face_pixels[h]))
+    one_sided = [n for n, g, i in (("head", head, h), ("body", body, b)) if bool(g.face_width_one_sided[i])]
+    checks = []
+    if abs(by_area / by_width - 1) <= AREA_AGREEMENT and not one_sided:
+        scale, cue = by_area, "face sizes"
+    else:
+        scale, cue = by_width, "face widths"
+        if one_sided:
+            checks.append(f"{' and '.join(one_sided)} face width read from one side (hair over a cheek)")
+    by_height = float(body.face_height[b] / head.face_height[h])
+    if abs(by_height / scale - 1) > HEIGHT_AGREEMENT:
+        checks.append(f"face heights suggest scale {by_height:.3f} (fringe, hat or another face shape), not used")
+    if bool(head.has_neck[h]) and bool(body.has_neck[b]):
+        ratio_h = float(head.neck_width[h] / head.face_width[h])
+        ratio_b = float(body.neck_width[b] / body.face_width[b])
+        by_neck = float(body.neck_width[b] / head.neck_width[h])
+        if abs(ratio_b / ratio_h - 1) <= NECK_RATIO_AGREEMENT:
+            checks.append(f"neck widths agree (scale {by_neck:.3f})")
+        else:
+            checks.append(
+                f"neck widths disagree: neck/face {ratio_h:.2f} (head) vs {ratio_b:.2f} (body), scale by necks "
+                f"{by_neck:.3f}, not used"
+            )
+    return scale, cue, checks
 
 
 def estimate_alignment(
@@ -246,9 +316,26 @@ def estimate_alignment(
                 f"use mode 'auto' to fall back to the layouts for such images"
             )
         if mode == "layout" and not has_face:
-            raise _no_face_error("head_layout", h, "no face pixels, nothing to align")
+            raise _no_face_error("head_layout", h, "no face pixels, nothing to align", float(head_geo.face_pixels[h]))
         if mode == "layout" and not bool(body_geo.has_face[b]):
-            raise _no_face_error("body_layout", b, "the new head is placed where the body's own head was")
+            raise _no_face_error(
+                "body_layout",
+                b,
+                "the new head is placed where the body's own head was",
+                float(body_geo.face_pixels[b]),
+            )
+        faces_measured = has_face and bool(body_geo.has_face[b])
+        reference = canvas_ratio
+        if faces_measured:
+            reference = float(body_geo.face_width[b] / head_geo.face_width[h])
+        warnings = [
+            w
+            for w in (
+                face_choice_warning("head_layout", h, head_geo, h),
+                face_choice_warning("body_layout", b, body_geo, b),
+            )
+            if w
+        ]
         if mode == "none":
             scale = body_size[0] / head_size[0]
             angle = 0.0
@@ -260,13 +347,12 @@ def estimate_alignment(
             detail = {"mode": "none", "estimate": "", "rotation": 0.0}
             matrix = base
         else:
+            checks: list[str] = []
             if mode == "layout":
-                anchor_h = head_geo.anchor[h].tolist()
-                anchor_b = body_geo.anchor[b].tolist()
-                if bool(head_geo.has_neck[h]) and bool(body_geo.has_neck[b]):
-                    scale, estimate = float(body_geo.neck_width[b] / head_geo.neck_width[h]), "neck widths"
-                else:
-                    scale, estimate = float(body_geo.face_width[b] / head_geo.face_width[h]), "face widths"
+                # the chin point: on the face's axis and on the chin line
+                anchor_h = head_geo.chin[h].tolist()
+                anchor_b = body_geo.chin[b].tolist()
+                scale, estimate, checks = face_scale(head_geo, h, body_geo, b)
                 tilts = (float(head_geo.tilt[h]), float(body_geo.tilt[b]))
             else:
                 anchor_h, anchor_b = kp_h[_NECK], kp_b[_NECK]
@@ -279,7 +365,7 @@ def estimate_alignment(
                     math.atan2(float(shoulders_b[1]), float(shoulders_b[0])),
                 )
             angle = 0.0
-            detail = {"mode": mode, "estimate": estimate}
+            detail = {"mode": mode, "estimate": estimate, "cross_checks": checks}
             if options.max_rotation > 0:
                 estimated = tilts[1] - tilts[0]
                 estimated = (estimated + math.pi) % (2 * math.pi) - math.pi
@@ -287,19 +373,14 @@ def estimate_alignment(
                 angle = max(-limit, min(limit, estimated))
                 if angle != estimated:
                     detail.update(rotation_clamped=True, rotation_estimated=-math.degrees(estimated))
-            low, high = options.scale_min * canvas_ratio, options.scale_max * canvas_ratio
+            low, high = options.scale_min * reference, options.scale_max * reference
             if not low <= scale <= high:
                 clamped = min(max(scale, low), high)
                 detail.update(scale_estimated=scale, scale_clamped=clamped)
-                logger.warning(
-                    "HeadSwapNeckAlign: image %d: estimated scale %.3f is outside %.3f..%.3f (scale_min/scale_max "
-                    "× canvas ratio %.3f); clamped to %.3f",
-                    i,
-                    scale,
-                    low,
-                    high,
-                    canvas_ratio,
-                    clamped,
+                what = "face-width ratio" if faces_measured else "canvas ratio"
+                warnings.append(
+                    f"estimated scale {scale:.3f} is outside {low:.3f}..{high:.3f} (scale_min/scale_max × {what} "
+                    f"{reference:.3f}); clamped to {clamped:.3f}"
                 )
                 scale = clamped
             rotated = similarity(scale, angle, (0.0, 0.0))[:, :2]
@@ -311,6 +392,10 @@ def estimate_alignment(
             matrix = _keep_face_on_canvas(matrix, head_geo.face_box[h], body_size, i, detail)
         if note:
             detail["note"] = note
+        if warnings:
+            detail["warnings"] = tuple(warnings)
+            for warning in warnings:
+                logger.warning("HeadSwapNeckAlign: image %d: %s", i, warning)
         matrices.append(matrix)
         details.append(detail)
     return HeadTransform(torch.stack(matrices), head_size, body_size, tuple(details))

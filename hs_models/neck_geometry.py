@@ -23,7 +23,8 @@ from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, first_true_np, largest_component_np, last_true_np
 
 NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (method.md §4)
-MIN_FACE_PIXELS = 16
+MIN_FACE_PIXELS = 100  # about 11×11 px: below this the chin fit and the widths are too coarse to align by
+SIMILAR_FACE_RATIO = 0.5  # a second face at least this fraction of the main face's area makes the choice uncertain
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -36,9 +37,14 @@ def _rotation(angle: float) -> np.ndarray:
 class NeckGeometry:
     """Per-image measurements of a layout; every field is a (B,) or (B,k) float64/bool tensor."""
 
-    has_face: torch.Tensor
+    has_face: torch.Tensor  # the main face is large enough to measure (MIN_FACE_PIXELS)
     has_neck: torch.Tensor  # a neck is visible right under the chin
-    face_width: torch.Tensor
+    face_pixels: torch.Tensor  # (B,) area of the main face (the largest face-labelled component)
+    other_face_pixels: torch.Tensor  # (B,) area of the next largest face component (0 if none)
+    other_face_center: torch.Tensor  # (B,2) its centroid (NaN if none)
+    face_width: torch.Tensor  # across the cheeks: robust widest rows; from the free side where hair covers one
+    face_width_one_sided: torch.Tensor  # (B,) bool: the width was read from one side of the face's axis
+    face_height: torch.Tensor  # chin line to the top of the face
     face_center: torch.Tensor  # (B,2) centroid of the face
     face_box: torch.Tensor  # (B,4) x0, y0, x1, y1 at pixel edges
     face_bottom: torch.Tensor  # (B,W) lowest face row of every column, -1 where the column has no face
@@ -53,6 +59,28 @@ class NeckGeometry:
     @property
     def width_estimate(self) -> torch.Tensor:
         return torch.where(self.has_neck, self.neck_width, NECK_FALLBACK_RATIO * self.face_width)
+
+
+def face_components_np(labels: np.ndarray, face_id: int) -> list[list[tuple[float, float, float]]]:
+    """Per image the 8-connected face components as (area, centroid x, centroid y), largest first."""
+    result = []
+    for frame in labels:
+        mask = np.ascontiguousarray(frame == face_id).view(np.uint8)
+        count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        parts = [
+            (float(stats[k, cv2.CC_STAT_AREA]), float(centroids[k, 0]), float(centroids[k, 1])) for k in range(1, count)
+        ]
+        result.append(sorted(parts, key=lambda p: -p[0]))
+    return result
+
+
+def main_face_np(labels: np.ndarray, label_set) -> tuple[np.ndarray, list[list[tuple[float, float, float]]]]:
+    """The main face of every image: its largest face-labelled component (a hand, a stray blob or a bystander
+    labelled face is smaller). Returns the (B,H,W) bool mask and, per image, the other components as
+    (area, centroid x, centroid y), largest first."""
+    face_id = label_set.index("face")
+    face = largest_component_np(labels == face_id)
+    return face, [parts[1:] for parts in face_components_np(labels, face_id)]
 
 
 def _row_extents(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,9 +145,11 @@ def _measure_unchecked(labels: np.ndarray, label_set) -> NeckGeometry:
     ys = np.arange(height, dtype=np.float64)
     xs = np.arange(width, dtype=np.float64)
 
-    face = largest_component_np(labels == label_set.index("face"))
+    face, others = main_face_np(labels, label_set)
     moments = [cv2.moments(frame.view(np.uint8), binaryImage=True) for frame in face]
     count = np.array([m["m00"] for m in moments])
+    other_pixels = np.array([o[0][0] if o else 0.0 for o in others], dtype=np.float64)
+    other_center = np.array([[o[0][1], o[0][2]] if o else [np.nan, np.nan] for o in others], dtype=np.float64)
     has_face = count >= MIN_FACE_PIXELS
     safe = np.maximum(count, 1.0)
     face_cx = np.array([m["m10"] for m in moments]) / safe
@@ -130,7 +160,7 @@ def _measure_unchecked(labels: np.ndarray, label_set) -> NeckGeometry:
     top_row = np.where(rows, ys, np.inf).min(-1)
     bottom_row = np.where(rows, ys, -np.inf).max(-1)
     box = np.stack([np.nanmin(left, -1) - 0.5, top_row - 0.5, np.nanmax(right, -1) + 0.5, bottom_row + 0.5], axis=1)
-    face_height = np.maximum(bottom_row - top_row + 1, 0.0)
+    face_height = np.maximum(bottom_row - top_row + 1, 0.0)  # refined on the chin line below
     # The long axis of the face (second moments) gives the head's tilt.
     mu20 = np.array([m["mu20"] for m in moments]) / safe
     mu02 = np.array([m["mu02"] for m in moments]) / safe
@@ -149,6 +179,14 @@ def _measure_unchecked(labels: np.ndarray, label_set) -> NeckGeometry:
     near = central & (face_bottom >= (chin_row - np.maximum(0.1 * face_height, 1.0))[:, None])
     chin_x = (near * xs).sum(-1) / np.maximum(near.sum(-1), 1)
     chin_y = _chin_line(face_bottom, chin_x, face_width, chin_row)
+    face_height = np.maximum(chin_y - (top_row - 0.5), 0.0)
+    # Hair over one side of the face hides that cheek: the half-width on the face's axis (through the chin,
+    # along the face's tilt) is then read from the free side. Both halves agree on an uncovered face.
+    axis_x = chin_x[:, None] + (ys[None] - chin_y[:, None]) * np.tan(np.where(tilt_reliable, tilt, 0.0))[:, None]
+    half = np.fmax(axis_x - left + 0.5, right + 0.5 - axis_x)
+    symmetric = np.nan_to_num(2 * np.nanquantile(half, 0.9, axis=-1), nan=0.0)
+    one_sided = symmetric > 1.06 * face_width
+    face_width = np.where(one_sided, symmetric, face_width)
 
     rows_below = (ys[None] > chin_row[:, None]) & (ys[None] <= (chin_row + 1.5 * face_height)[:, None])
     cols_beside = np.abs(xs[None] - chin_x[:, None]) <= face_width[:, None]
@@ -176,7 +214,12 @@ def _measure_unchecked(labels: np.ndarray, label_set) -> NeckGeometry:
     return NeckGeometry(
         has_face=t(has_face),
         has_neck=t(has_neck),
+        face_pixels=t(count),
+        other_face_pixels=t(other_pixels),
+        other_face_center=t(other_center),
         face_width=t(face_width),
+        face_width_one_sided=t(one_sided & has_face),
+        face_height=t(face_height),
         face_center=t(np.stack([face_cx, face_cy], axis=1)),
         face_box=t(box),
         face_bottom=t(face_bottom.astype(np.int64)),

@@ -63,7 +63,9 @@ def test_known_shift_and_scale_are_recovered_within_1px_and_2_percent(label_set)
     pair = same_person_pairs(figures, placements, label_set=label_set)
     transform = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT)
     assert transform.batch_size == 10
-    assert all(d["estimate"] == "neck widths" for d in transform.details)
+    # the faces decide; the visible necks of the same person agree with them
+    assert all(d["estimate"] == "face sizes" for d in transform.details), transform.describe()
+    assert all("neck widths agree" in " ".join(d["cross_checks"]) for d in transform.details)
     assert_recovered(transform, pair, figures)
 
 
@@ -75,14 +77,14 @@ def test_different_canvas_sizes_and_long_hair():
     assert_recovered(transform, pair, figures)
 
 
-def test_hidden_necks_fall_back_to_face_widths():
+def test_hidden_necks_change_nothing():
     figures, placements = random_cases(4, seed=13, neck_cover="clothes")
     pair = same_person_pairs(figures, placements)
     geometry = measure_neck(pair.head_layout)
     assert not geometry.has_neck.any() and geometry.has_face.all()
     transform = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT)
-    assert all(d["estimate"] == "face widths" for d in transform.details)
-    assert_recovered(transform, pair, figures, px=1.5)
+    assert all(d["estimate"] == "face sizes" and not d["cross_checks"] for d in transform.details)
+    assert_recovered(transform, pair, figures)
 
 
 def test_rotation_is_recovered_when_allowed_and_clamped():
@@ -200,18 +202,26 @@ def test_batches_broadcast_from_one_and_refuse_other_mismatches():
         estimate_alignment(stack(pair.head[:2]), pair.body_layout, LAYOUT)
 
 
-def test_scale_is_clamped_and_reported(caplog):
+def test_scale_range_is_relative_to_the_faces_so_a_close_up_head_needs_no_setting(caplog):
     figure = HalfBodyFigure()
-    pair = same_person_pairs([figure], [Placement(scale=0.4)], [Placement()])  # the body's head is 2.5× bigger
+    # a close-up head photo (the face 2.5× as big as on the body): the right scale 0.4 is far below
+    # scale_min × the canvas ratio, and is not clamped
+    pair = same_person_pairs([figure], [Placement(scale=2.5)], [Placement()])
+    close_up = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT)
+    assert abs(float(close_up.scales[0]) - 0.4) < 0.004 and "clamped" not in close_up.describe()
+    assert not close_up.warnings()
+    # keypoints that disagree with the faces are clamped to the range around the face ratio, and said so
+    body_pose = [pose_of(pair.body[0])]
+    points = body_pose[0]["people"][0]["pose_keypoints_2d"]
+    for k in (2, 5):  # the shoulders 3× as far from the neck keypoint
+        points[3 * k] = points[3] + 3 * (points[3 * k] - points[3])
     with caplog.at_level(logging.WARNING, logger="comfyui_hs_diffusion"):
-        transform = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT)
-    assert abs(float(transform.scales[0]) - 2.0) < 1e-9
-    assert "clamped to 2.0000" in transform.describe()
-    assert "estimated scale 2.50" in caplog.text and "clamped to 2.000" in caplog.text
-    # relative to the canvas ratio: the same figure on a canvas twice as large is not clamped
-    pair = same_person_pairs([figure], [Placement(scale=0.4)], [Placement(scale=1.0)], body_size=(1024, 1024))
-    relaxed = estimate_alignment(pair.head_layout, pair.body_layout, AlignmentOptions(mode="layout", scale_max=2.5))
-    assert "clamped" not in relaxed.describe()
+        transform = estimate_alignment(
+            pair.head_layout, pair.body_layout, AlignmentOptions(mode="keypoints"), [pose_of(pair.head[0])], body_pose
+        )
+    assert abs(float(transform.scales[0]) - 0.8) < 0.01  # scale_max 2 × the face ratio 0.4
+    assert "clamped to 0.79" in transform.describe() and "face-width ratio" in caplog.text
+    assert any("clamped" in w for w in transform.warnings())
     with pytest.raises(ValueError, match=r"scale_min \(3.0\) must be positive and at most scale_max \(2.0\)"):
         estimate_alignment(pair.head_layout, pair.body_layout, AlignmentOptions(scale_min=3.0))
 
@@ -224,7 +234,7 @@ def test_nudges_scale_about_the_neck_and_then_offset():
         pair.head_layout, pair.body_layout, AlignmentOptions(mode="layout", scale_nudge=1.1, offset=(5.0, -3.0))
     )
     assert abs(float(nudged.scales[0] / plain.scales[0]) - 1.1) < 1e-9
-    anchor = measure_neck(pair.head_layout).anchor
+    anchor = measure_neck(pair.head_layout).chin
     moved = nudged.apply(anchor[None]) - plain.apply(anchor[None])
     assert torch.allclose(moved[0, 0], torch.tensor([5.0, -3.0], dtype=torch.float64), atol=1e-9)
 
@@ -303,7 +313,7 @@ def test_head_transform_describes_every_image():
     pair = same_person_pairs([HalfBodyFigure()] * 2, [Placement(scale=0.9), Placement(shift=(4, 4))])
     text = estimate_alignment(pair.head_layout, pair.body_layout, LAYOUT).describe()
     lines = text.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("image 0: layout (neck widths), scale 1.1")
+    assert len(lines) == 2 and lines[0].startswith("image 0: layout (face sizes), scale 1.1")
     assert "head 512×512 → body 512×512" in lines[1]
 
 
