@@ -241,7 +241,9 @@ def face_scale(head: NeckGeometry, h: int, body: NeckGeometry, b: int) -> tuple[
     by_area = math.sqrt(float(body.face_pixels[b] / head.face_pixels[h]))
     one_sided = [n for n, g, i in (("head", head, h), ("body", body, b)) if bool(g.face_width_one_sided[i])]
     checks = []
-    if abs(by_area / by_width - 1) <= AREA_AGREEMENT and not one_sided:
+    # a width is read to about a pixel: small faces get a wider tolerance
+    pixel = 1.0 / float(min(head.face_width[h], body.face_width[b]))
+    if abs(by_area / by_width - 1) <= max(AREA_AGREEMENT, 2.5 * pixel) and not one_sided:
         scale, cue = by_area, "face sizes"
     else:
         scale, cue = by_width, "face widths"
@@ -254,7 +256,8 @@ def face_scale(head: NeckGeometry, h: int, body: NeckGeometry, b: int) -> tuple[
         ratio_h = float(head.neck_width[h] / head.face_width[h])
         ratio_b = float(body.neck_width[b] / body.face_width[b])
         by_neck = float(body.neck_width[b] / head.neck_width[h])
-        if abs(ratio_b / ratio_h - 1) <= NECK_RATIO_AGREEMENT:
+        neck_pixel = 1.0 / float(min(head.neck_width[h], body.neck_width[b]))
+        if abs(ratio_b / ratio_h - 1) <= max(NECK_RATIO_AGREEMENT, 2.5 * (pixel + neck_pixel)):
             checks.append(f"neck widths agree (scale {by_neck:.3f})")
         else:
             checks.append(

@@ -7,9 +7,11 @@ and address[es] the occlusion and noise issues" [REPO], without a procedure. Thi
 1. head = blend head mask where L* still has a head class; body = blend body mask where L* equals l2
    (pixels whose label the generator changed are regenerated, not copied);
 2. connected components smaller than ``min_region`` of the image area are dropped (parser specks);
-3. both are eroded by one latent cell (a (2f+1)² square, f = ``latent_cell``): every latent cell that
-   still touches a kept pixel then lies entirely inside the original region, so a source never bleeds
-   into the transition at the sampler's latent resolution, whatever rule it downsamples with;
+3. both are snapped to the latent grid (f = ``latent_cell``, the grid of the VAE's centre crop): a pixel stays
+   kept only when its whole latent cell is kept. This is the one place kept regions shrink, by less than
+   one cell: the masks are then constant on every latent cell, so any downsampling rule gives the same
+   latent masks and a source never bleeds into the transition; Encode Sources' own rule ("a cell is kept
+   when all its pixels are") leaves them as they are, and Paste Back keeps exactly what the sampler kept;
 4. transition = 1 − head − body.
 
 Outputs are binary float32 (B,H,W) masks at image resolution: disjoint, summing to one everywhere.
@@ -25,7 +27,7 @@ import torch
 from .batching import common_batch_size
 from .blending import check_same_canvas
 from .layout import SemanticLayout
-from .morphology import as_numpy, class_mask_np, erode_square_np, remove_small_components_np
+from .morphology import as_numpy, class_mask_np, remove_small_components_np
 
 DEFAULT_LATENT_CELL = 8  # SD-family VAEs downscale by 8; the paper's VQ-f4 by 4
 DEFAULT_MIN_REGION = 0.0005  # method.md §7: 0.05 % of the image
@@ -36,6 +38,24 @@ class CalibratedMasks:
     head_mask: torch.Tensor  # (B,H,W) float32, 1 where the head source is kept
     body_mask: torch.Tensor  # (B,H,W) float32, 1 where the body source is kept
     transition_mask: torch.Tensor  # (B,H,W) float32, 1 where pixels are generated
+
+
+def snap_to_latent_cells_np(mask: np.ndarray, cell: int) -> np.ndarray:
+    """(B,H,W) bool → kept only where the whole latent cell is kept, on the grid a VAE encodes: the image
+    centre-cropped to a multiple of ``cell`` (as core VAE Encode and Encode Sources crop). The cropped-off
+    margin (less than one cell, never encoded) is left as it is. ``cell`` 0 or 1: unchanged."""
+    if cell <= 1:
+        return mask.copy()
+    batch, height, width = mask.shape
+    rows, cols = height // cell, width // cell
+    if rows == 0 or cols == 0:
+        return mask.copy()
+    top, left = (height % cell) // 2, (width % cell) // 2
+    inner = mask[:, top : top + rows * cell, left : left + cols * cell]
+    whole = inner.reshape(batch, rows, cell, cols, cell).all(axis=(2, 4))
+    out = mask.copy()
+    out[:, top : top + rows * cell, left : left + cols * cell] = np.repeat(np.repeat(whole, cell, 1), cell, 2)
+    return out
 
 
 def _check_mask(name: str, mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -79,6 +99,6 @@ def calibrate_masks(
     head = (head > 0.5) & class_mask_np(labels, label_set.group_ids("head"))
     body = (body > 0.5) & (labels == l2) & ~head
     min_area = int(round(min_region * height * width))
-    head = erode_square_np(remove_small_components_np(head, min_area), latent_cell).astype(np.float32)
-    body = erode_square_np(remove_small_components_np(body, min_area), latent_cell).astype(np.float32)
+    head = snap_to_latent_cells_np(remove_small_components_np(head, min_area), latent_cell).astype(np.float32)
+    body = snap_to_latent_cells_np(remove_small_components_np(body, min_area), latent_cell).astype(np.float32)
     return CalibratedMasks(torch.from_numpy(head), torch.from_numpy(body), torch.from_numpy(1.0 - head - body))

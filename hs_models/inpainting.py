@@ -6,8 +6,9 @@ needs no weights, so the pipeline runs before any generator is trained [PROPOSAL
 1. a neck is drawn into the holes under the jaw: from the bottom of the face down to the first known
    body or background pixel of each column (the collar), as a trapezoid whose width is
    ``0.45 × face width`` at the chin and 1.1 times that at the collar line (method.md §4, §6.4);
-2. every other hole pixel takes the label of the nearest known pixel that is neither head nor neck
-   (body classes or background: the body's old head area becomes background or clothes, never hair);
+2. every other hole pixel takes the label of the nearest known pixel that is not head (body classes,
+   background, or the body's bare skin that the blend kept as neck: holes that touch skin become skin;
+   the body's old head area becomes background or clothes, never hair);
 3. a 5×5 mode filter smooths the filled pixels (head classes do not vote: the head stays the head
    source's own).
 
@@ -127,7 +128,9 @@ def inpaint_layout(layout: SemanticLayout) -> InpaintResult:
             missing_face,
         )
     labels = np.where(neck, label_set.index("neck"), labels)
-    sources = ~class_mask_np(labels, label_set.group_ids("head") + label_set.group_ids("neck") + [UNKNOWN])
+    # Known neck pixels are bare skin the blend kept (décolleté, shoulders): holes touching them become skin.
+    # The drawn neck is no source, or it would spread sideways.
+    sources = ~class_mask_np(labels, label_set.group_ids("head") + [UNKNOWN]) & ~neck
     rest = unknown & ~neck
     filled = nearest_label_fill_np(labels, sources)
     no_source = ~sources.reshape(len(sources), -1).any(1)

@@ -140,8 +140,10 @@ class HeadSwapSemanticCalibration(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "The final head, body and transition MASKs for the sampler, at image resolution: the blend's masks "
-                "where the completed layout kept the source's labels, without parser specks, with the kept regions "
-                "shrunk by one latent cell so they never bleed at the sampler's latent resolution. The three masks "
+                "where the completed layout kept the source's labels, without parser specks, snapped to the latent "
+                "grid: a pixel stays kept only when its whole latent cell is (the one place kept regions shrink, by "
+                "less than a cell; Encode Sources then changes nothing), so the sources never bleed at the "
+                "sampler's latent resolution and Paste Back keeps exactly what the sampler kept. The three masks "
                 "are disjoint and sum to one."
             ),
             inputs=[
@@ -155,8 +157,9 @@ class HeadSwapSemanticCalibration(io.ComfyNode):
                     min=0,
                     max=64,
                     tooltip=(
-                        "The VAE's downscale factor: kept regions shrink by this many pixels. 8 for SD1.5/SDXL/Flux "
-                        "VAEs, 4 for the paper's VQ-f4 model, 0 to switch the shrinking off."
+                        "The VAE's downscale factor (the latent cell): kept regions are snapped to this grid, "
+                        "shrinking by less than one cell. 8 for SD1.5/SDXL/Flux VAEs, 4 for the paper's VQ-f4 model, "
+                        "0 to leave the masks at pixel precision (Encode Sources then shrinks them)."
                     ),
                 ),
                 io.Float.Input(

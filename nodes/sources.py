@@ -125,7 +125,9 @@ class HeadSwapEncodeSources(io.ComfyNode):
                 "Encodes the head image (aligned onto the body canvas) and the body image with the given VAE, "
                 "and takes their keep masks (1 = keep this source, 0 = generate) to latent resolution for the "
                 "Semantic-Mixing KSampler. A latent cell is kept only if every pixel under it is kept, so "
-                "preserved regions shrink and never bleed into the transition. Images are centre-cropped to a "
+                "preserved regions never bleed into the transition. Masks from Semantic Calibration are already "
+                "snapped to the latent cells (kept regions shrink once, there), so this changes nothing for them; "
+                "other masks shrink here, by less than one cell. Images are centre-cropped to a "
                 "multiple of the VAE's downscale factor, as VAE Encode does. Works with any image VAE "
                 "(SD-family KL VAEs, the HeadSwap VQ VAE)."
             ),

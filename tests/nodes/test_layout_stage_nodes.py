@@ -69,7 +69,7 @@ def test_the_four_stages_chain_with_a_single_head_over_a_batch_of_bodies(pack_no
     assert isinstance(out["layout"], SemanticLayout) and out["layout"].labels.shape == (3, *SIZE)
     assert out["valid"].shape == (3, *SIZE)
     assert isinstance(out["transform"], HeadTransform) and out["transform"].batch_size == 3
-    assert out["report"].count("\n") == 2 and out["report"].startswith("image 0: layout (neck widths)")
+    assert out["report"].count("\n") == 2 and out["report"].startswith("image 0: layout (face ")
     assert bool((out["blended"].labels == UNKNOWN).any()) and not bool((out["completed"].labels == UNKNOWN).any())
     assert torch.equal(out["filled"].bool(), out["blended"].labels == UNKNOWN)
     for masks in (out["blend_masks"], out["masks"]):
