@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..hs_models.blending import DEFAULT_BODY_EROSION, DEFAULT_HEAD_EROSION, DEFAULT_SEAM_BAND, blend_layouts
+from ..hs_models.blending import (
+    BODY_SKIN_OPTIONS,
+    DEFAULT_BODY_EROSION,
+    DEFAULT_BODY_SKIN,
+    DEFAULT_HEAD_EROSION,
+    DEFAULT_SEAM_BAND,
+    blend_layouts,
+)
 from ..hs_models.calibration import DEFAULT_LATENT_CELL, DEFAULT_MIN_REGION, calibrate_masks
 from ..hs_models.inpainting import BACKENDS, inpaint_layout
 from ..hs_models.layout import SemanticLayout
@@ -29,8 +36,10 @@ class HeadSwapLayoutBlend(io.ComfyNode):
             description=(
                 "Draws the aligned head's hair, face and hat over the body layout (the head on top, so long hair "
                 "may fall over the shoulders) and removes the body's own head and neck. Returns the blended layout, "
-                "with UNKNOWN where the layout generator must fill in (both necks, the body's old head, a seam band "
-                "around the new head), and the head, body and transition MASKs."
+                "with UNKNOWN where the layout generator must fill in (both necks, the body's old head, seam bands "
+                "around the new and the old head), and the head, body and transition MASKs. Only the main head "
+                "moves (the largest face and the hair and hat touching it); other people in the body photo keep "
+                "their heads, and the body's bare skin stays skin."
             ),
             inputs=[
                 HeadSwapLayout.Input("head_layout", tooltip="The aligned head layout (Neck Align's layout output)."),
@@ -70,6 +79,19 @@ class HeadSwapLayoutBlend(io.ComfyNode):
                         "image side (0.01 = 5 px at 512): room to join jaw, hair and collar seamlessly."
                     ),
                 ),
+                io.Combo.Input(
+                    "body_skin",
+                    options=list(BODY_SKIN_OPTIONS),
+                    default=DEFAULT_BODY_SKIN,
+                    tooltip=(
+                        "The body's bare skin below the new neck (V-neck, strapless, bare shoulders; parsers call it "
+                        "neck) always stays skin. regenerate (default): it is repainted together with the new neck, "
+                        "so its tone follows the new head and Paste Back's skin-tone match leaves no step on the "
+                        "chest. keep: only the band under the old chin is replaced; the skin further down is the "
+                        "body photo's own, and where the two people's skin tones differ a seam shows where the new "
+                        "neck meets it (the larger seam, hence not the default)."
+                    ),
+                ),
             ],
             outputs=[
                 HeadSwapLayout.Output(display_name="layout"),
@@ -88,8 +110,11 @@ class HeadSwapLayoutBlend(io.ComfyNode):
         head_erosion: float,
         body_erosion: float,
         seam_band: float,
+        body_skin: str = DEFAULT_BODY_SKIN,
     ) -> io.NodeOutput:
-        result = blend_layouts(head_layout, body_layout, keep_body_background, head_erosion, body_erosion, seam_band)
+        result = blend_layouts(
+            head_layout, body_layout, keep_body_background, head_erosion, body_erosion, seam_band, body_skin
+        )
         return io.NodeOutput(result.layout, result.head_mask, result.body_mask, result.transition_mask)
 
 
