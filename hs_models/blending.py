@@ -124,7 +124,7 @@ def blend_layouts(
     old_head = main_head_np(l2, label_set)
     other_heads = class_mask_np(l2, ids["head"]) & ~old_head
     body_necks = class_mask_np(l2, ids["neck"])
-    geometry = measure_neck(SemanticLayout(torch.from_numpy(np.ascontiguousarray(l2)), label_set))
+    geometry = measure_neck(SemanticLayout(torch.from_numpy(l2.copy()), label_set))
     has_face = geometry.has_face.numpy()
     face_height = np.where(has_face, geometry.face_height.numpy(), 0.0)
     chin_y = np.where(has_face, geometry.chin[:, 1].numpy(), np.inf)

@@ -38,6 +38,12 @@ class HalfBodyFigure:
     neck_flare: float = 1.25  # neck width at the collar / neck width at the chin
     neck_length: float = 34.0  # chin to collar
     neck_cover: str | None = None  # None, "hair" or "clothes": what hides the neck
+    # hair falling over the neck's sides: the covered fraction of the neck's width at the chin on the
+    # image's (left, right) side, from beside the cheek down past the collar
+    hair_over_neck: tuple[float, float] = (0.0, 0.0)
+    # bare skin below the collar, labelled "neck" as CelebAMask-HQ parsers label it: None, "v-neck",
+    # "strapless" or "bare-shoulders"
+    skin: str | None = None
     shoulder_half_width: float = 175.0
     shoulder_slope: float = 0.35  # how fast the shoulder line drops away from the collar
 
@@ -48,6 +54,10 @@ class HalfBodyFigure:
     @property
     def face_width(self) -> float:
         return 2.0 * self.face_axes[0]
+
+    @property
+    def face_height(self) -> float:
+        return 2.0 * self.face_axes[1]
 
     @property
     def neck_top_width(self) -> float:
@@ -124,11 +134,27 @@ def draw_half_body(
     neck_half = neck_top_half + (neck_bottom_half - neck_top_half) * t
     neck = (y >= cy + 0.5 * b) & (y <= collar_y + 2.0) & (dx <= neck_half) & ~clothes
     paint(neck, figure.neck_cover or "neck")
+    face_height = 2.0 * b
+    if figure.skin == "v-neck":
+        depth = 1.25 * face_height
+        half_top = 1.7 * neck_bottom_half
+        paint(clothes & (y >= collar_y - 2.0) & (dx <= half_top * (1.0 - (y - collar_y) / depth)), "neck")
+    elif figure.skin == "strapless":
+        paint(clothes & (y <= collar_y + 1.1 * face_height), "neck")
+    elif figure.skin == "bare-shoulders":
+        paint(clothes & (y <= collar_y + 0.75 * face_height - 0.2 * dx), "neck")
+    elif figure.skin is not None:
+        raise ValueError(f"skin must be None, 'v-neck', 'strapless' or 'bare-shoulders', got {figure.skin!r}")
     # Hair: a cap over the top of the face; long hair falls beside the neck over the shoulders.
     cap = ((x - cx) / (a + figure.hair)) ** 2 + ((y - cy + 0.25 * figure.hair) / (b + figure.hair)) ** 2 <= 1.0
     hair = cap & (y <= cy + 0.1 * b)
     if figure.long_hair > 0:
         hair |= (dx >= 0.62 * a) & (dx <= a + figure.hair) & (y >= cy - 0.2 * b) & (y <= chin_y + figure.long_hair)
+    for side, fraction in zip((-1.0, 1.0), figure.hair_over_neck, strict=True):
+        if fraction > 0:  # a lock of hair from beside the cheek, over this side of the neck, past the collar
+            inner = neck_top_half * (1.0 - 2.0 * fraction)  # distance of the lock's inner edge from the axis
+            lock = (side * (x - cx) >= inner) & (side * (x - cx) <= a + 0.5 * figure.hair)
+            hair |= lock & (y >= cy + 0.3 * b) & (y <= collar_y + 40.0)
     paint(hair, "hair")
     if figure.hat:
         paint(cap & (y <= cy - 0.55 * b), "hat")
@@ -207,3 +233,29 @@ def render_photo(labels: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     )
     base = np.linspace(0.1, 0.9, 256, dtype=np.float32)[(labels.numpy().clip(0, 255) * 37) % 256]
     return torch.from_numpy(((pattern + base[..., None]) / 2.0).astype(np.float32))
+
+
+def draw_scene(
+    people: list[tuple[HalfBodyFigure, Placement]], height: int = 512, width: int = 512, label_set: LabelSet = CANONICAL
+) -> tuple[torch.Tensor, list[SyntheticHalfBody]]:
+    """Several people on one canvas, the first behind the others (e.g. a bystander behind the main person).
+
+    Returns the (H,W) labels and each person drawn alone (their ground truth)."""
+    drawn = [draw_half_body(f, p, height, width, label_set) for f, p in people]
+    labels = drawn[0].labels.clone()
+    background = label_set.index("background")
+    for person in drawn[1:]:
+        labels = torch.where(person.labels != background, person.labels, labels)
+    return labels, drawn
+
+
+def add_blob(
+    labels: torch.Tensor, center: tuple[float, float], axes: tuple[float, float], class_name: str, label_set=CANONICAL
+) -> torch.Tensor:
+    """A copy of (H,W) ``labels`` with a filled ellipse of one class (a hand or a stray region the parser
+    labelled face, say), in canvas pixels."""
+    height, width = labels.shape
+    ys = torch.arange(height, dtype=torch.float64)[:, None]
+    xs = torch.arange(width, dtype=torch.float64)[None, :]
+    inside = ((xs - center[0]) / axes[0]) ** 2 + ((ys - center[1]) / axes[1]) ** 2 <= 1.0
+    return torch.where(inside, torch.tensor(label_set.index(class_name)), labels)
