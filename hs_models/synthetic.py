@@ -44,6 +44,8 @@ class HalfBodyFigure:
     # bare skin below the collar, labelled "neck" as CelebAMask-HQ parsers label it: None, "v-neck",
     # "strapless" or "bare-shoulders"
     skin: str | None = None
+    # a lock of hair over the image-left cheek: the covered fraction of the face's half-width (0 = none)
+    hair_over_cheek: float = 0.0
     shoulder_half_width: float = 175.0
     shoulder_slope: float = 0.35  # how fast the shoulder line drops away from the collar
 
@@ -160,6 +162,9 @@ def draw_half_body(
         paint(cap & (y <= cy - 0.55 * b), "hat")
     face = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
     paint(face, "face")
+    if figure.hair_over_cheek > 0:
+        lock = (x - cx <= -a * (1.0 - figure.hair_over_cheek)) & (y >= cy - 0.8 * b) & (y <= chin_y + 20.0)
+        paint(lock & (x - cx >= -a - figure.hair), "hair")
 
     keypoints = torch.zeros(NUM_POSE_KEYPOINTS, 3, dtype=torch.float64)
     shoulder_dx = 0.8 * figure.shoulder_half_width

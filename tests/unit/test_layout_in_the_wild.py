@@ -126,6 +126,17 @@ def test_hair_over_a_neck_changes_neither_size_nor_place(head_hair, body_hair):
     assert_placed(swap.transform, head, body)
 
 
+@pytest.mark.parametrize("covered", ["head", "body"])
+def test_hair_over_one_cheek_is_read_from_the_free_side(covered):
+    head_fig, body_fig = people(18, 2)
+    lock = {"hair_over_cheek": 0.35}
+    head = Person(replace(head_fig, **(lock if covered == "head" else {})), Placement(scale=0.9, shift=(15.0, 0.0)))
+    body = Person(replace(body_fig, **(lock if covered == "body" else {})), Placement())
+    swap = run(head.drawn().labels, body.drawn().labels)
+    assert "face width read from one side" in swap.transform.describe()
+    assert_placed(swap.transform, head, body)
+
+
 @pytest.mark.parametrize(
     "head_size, head_scale, body_size, body_scale",
     [
