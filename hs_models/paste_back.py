@@ -9,14 +9,16 @@ band in the gradient domain: the generated band's gradients, meeting every kept 
 (BLD's ``poisson`` mode, [PROPOSAL] defaults).
 
 Skin tone [PROPOSAL]: the most common complaint about head swaps is a face whose skin tone differs from the
-neck. A masked Reinhard colour transfer in CIE Lab moves the mean and spread of the generated neck towards
-those of the head's skin.
+neck. A masked colour transfer in CIE Lab (after Reinhard et al. 2001, with robust statistics) moves the
+generated neck's chroma onto the face skin's (read away from the face's border, ignoring eyes, brows, lips
+and glasses), with a limited gain, and its lightness part of the way, so the neck keeps its own shading.
 
 Images are (B,H,W,3) float 0..1, masks (B,H,W) float 0..1 (1 = kept / selected), all on the CPU.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -28,7 +30,13 @@ from .batching import common_batch_size
 
 BLEND_MODES = ("feathered", "poisson")
 MAX_VAE_CROP = 64  # a VAE centre-crops less than one latent cell (≤ 64 px for every image VAE ComfyUI knows)
-_STD_RATIO_RANGE = (0.5, 2.0)  # keeps a tiny or flat region from amplifying noise [PROPOSAL]
+# skin-tone match [PROPOSAL]
+SKIN_EROSION = 0.08  # face statistics read this fraction of the face's size (√area) inside its border
+SKIN_OUTLIER = 2.5  # robust deviations from the median: farther is eyes, brows, lips or glasses, not skin
+SKIN_GAIN_RANGE = (0.67, 1.5)  # limits of the chroma spread ratio (a flat region must not amplify noise)
+LIGHTNESS_SHARE = 0.5  # of the lightness difference applied: the neck keeps its own shading
+_MIN_SKIN_PIXELS = 16
+_MIN_SPREAD = 0.5  # Lab units: a flat region's spread is not zero
 
 
 def _distance_to(region: np.ndarray) -> np.ndarray:
@@ -80,29 +88,68 @@ def source_weights(keeps: list[torch.Tensor], feather: int) -> list[torch.Tensor
     return weights
 
 
-def _masked_stats(lab: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-item mean and std of each Lab channel over mask > 0.5: (B,3), (B,3), and pixel counts (B,)."""
-    weight = (mask > 0.5).to(lab.dtype).unsqueeze(1)
-    count = weight.sum(dim=(2, 3))
-    mean = (lab * weight).sum(dim=(2, 3)) / count.clamp_min(1.0)
-    var = (((lab - mean[..., None, None]) ** 2) * weight).sum(dim=(2, 3)) / count.clamp_min(1.0)
-    return mean, var.sqrt(), count[:, 0]
+def robust_skin_stats(
+    lab: torch.Tensor, mask: torch.Tensor, erode: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Median and spread of each Lab channel of the skin under ``mask`` > 0.5: (B,3), (B,3), pixel counts (B,).
+
+    ``erode``: read away from the region's border (by ``SKIN_EROSION`` of its size; less where that would
+    leave too little), where hair strands, the jaw's shadow and parser halos mix in. Pixels more than
+    ``SKIN_OUTLIER`` robust deviations from the median in any channel are left out, which drops the eyes, brows,
+    lips and glasses a face class contains, then median and spread (1.4826 × median absolute deviation) are
+    read again from the skin that remains [PROPOSAL].
+    """
+    batch = lab.shape[0]
+    median = torch.zeros(batch, 3, dtype=lab.dtype)
+    spread = torch.ones(batch, 3, dtype=lab.dtype)
+    count = torch.zeros(batch, dtype=lab.dtype)
+    for i in range(batch):
+        region = (mask[i] > 0.5).numpy()
+        if erode and region.any():
+            depth = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            radius = SKIN_EROSION * math.sqrt(float(region.sum()))
+            inner = depth > radius
+            if inner.sum() < max(0.25 * region.sum(), _MIN_SKIN_PIXELS):
+                inner = depth > min(radius, float(np.quantile(depth[region], 0.5)))
+            region = inner if inner.any() else region
+        pixels = lab[i][:, torch.from_numpy(region)]  # (3, N)
+        if pixels.shape[1] == 0:
+            continue
+        center = pixels.median(dim=1).values
+        deviation = (1.4826 * (pixels - center[:, None]).abs().median(dim=1).values).clamp_min(_MIN_SPREAD)
+        skin = ((pixels - center[:, None]).abs() <= SKIN_OUTLIER * deviation[:, None]).all(0)
+        if int(skin.sum()) >= min(_MIN_SKIN_PIXELS, pixels.shape[1]):
+            pixels = pixels[:, skin]
+        median[i] = pixels.median(dim=1).values
+        spread[i] = (1.4826 * (pixels - median[i][:, None]).abs().median(dim=1).values).clamp_min(_MIN_SPREAD)
+        count[i] = pixels.shape[1]
+    return median, spread, count
 
 
 def transfer_skin_tone(
     image: torch.Tensor, reference: torch.Tensor, reference_mask: torch.Tensor, target: torch.Tensor, strength: float
 ) -> tuple[torch.Tensor, list[int]]:
-    """Match the Lab statistics of ``image`` under ``target`` to ``reference`` under ``reference_mask``.
+    """Match the skin tone of ``image`` under ``target`` to ``reference``'s face skin under ``reference_mask``.
+
+    Robust statistics on both sides (:func:`robust_skin_stats`; the face's read away from its border). The
+    chroma (a*, b*) moves fully onto the face's: median onto median, spread scaled by the ratio of the spreads
+    limited to ``SKIN_GAIN_RANGE`` (a flat region would otherwise amplify noise). The lightness moves by
+    ``LIGHTNESS_SHARE`` of the medians' difference and keeps its own variation: a neck is shaded darker than the
+    face under the jaw, and copying the face's lightness would flatten it [PROPOSAL].
 
     target is a soft weight (B,H,W); the image is unchanged wherever it is 0. Returns the image and the
     indices of batch items skipped because a region was empty.
     """
     lab = kornia.color.rgb_to_lab(image.permute(0, 3, 1, 2).clamp(0.0, 1.0))
     ref_lab = kornia.color.rgb_to_lab(reference.permute(0, 3, 1, 2).clamp(0.0, 1.0))
-    ref_mean, ref_std, ref_count = _masked_stats(ref_lab, reference_mask)
-    tgt_mean, tgt_std, tgt_count = _masked_stats(lab, target)
-    ratio = (ref_std / tgt_std.clamp_min(1e-3)).clamp(*_STD_RATIO_RANGE)
-    matched = (lab - tgt_mean[..., None, None]) * ratio[..., None, None] + ref_mean[..., None, None]
+    ref_median, ref_spread, ref_count = robust_skin_stats(ref_lab, reference_mask)
+    tgt_median, tgt_spread, tgt_count = robust_skin_stats(lab, target, erode=False)
+    gain = (ref_spread / tgt_spread).clamp(*SKIN_GAIN_RANGE)
+    matched = lab.clone()
+    matched[:, 1:] = (lab[:, 1:] - tgt_median[:, 1:, None, None]) * gain[:, 1:, None, None] + ref_median[
+        :, 1:, None, None
+    ]
+    matched[:, :1] = lab[:, :1] + LIGHTNESS_SHARE * (ref_median[:, :1] - tgt_median[:, :1])[..., None, None]
     valid = (ref_count > 0) & (tgt_count > 0)
     weight = (target * strength * valid[:, None, None]).unsqueeze(1)
     out_lab = lab + (matched - lab) * weight

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_hs_diffusion.hs_models.paste_back import band_weight, paste_back, source_weights
+from comfyui_hs_diffusion.hs_models.paste_back import band_weight, paste_back, source_weights, transfer_skin_tone
 
 SIZE = 32
 HEAD, BODY, RESULT = 0.9, 0.2, 0.5
@@ -154,3 +154,68 @@ def test_poisson_solves_on_the_bands_bounding_box_as_on_the_whole_image():
     assert torch.allclose(windowed, whole, atol=1e-5)
     assert torch.equal(windowed[~band], kept[~band])
     assert torch.equal(_poisson_clone(generated, kept, torch.zeros_like(band)), kept)
+
+
+def _lab_image(lab: torch.Tensor) -> torch.Tensor:
+    """(H,W,3) Lab → (1,H,W,3) RGB 0..1."""
+    import kornia
+
+    return kornia.color.lab_to_rgb(lab.permute(2, 0, 1)[None]).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def _lab_of(image: torch.Tensor) -> torch.Tensor:
+    import kornia
+
+    return kornia.color.rgb_to_lab(image.permute(0, 3, 1, 2))[0].permute(1, 2, 0)
+
+
+def _face_and_neck(size=96, seed=0):
+    """A face of skin (L 70, a 18, b 22) with dark eyes and brows, red lips and a dark hair halo inside the face
+    mask's border, over a cold, shaded neck (L 45→65 from the jaw down, a 8, b 30)."""
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    lab = torch.zeros(size, size, 3)
+    face = ((xs - 48) / 26) ** 2 + ((ys - 34) / 30) ** 2 <= 1
+    lab[face] = torch.tensor([70.0, 18.0, 22.0])
+    lab[face] += torch.randn(int(face.sum()), 3, generator=g) * torch.tensor([2.0, 1.5, 1.5])
+    for cx in (38, 58):  # eyes and brows
+        lab[((xs - cx) / 5) ** 2 + ((ys - 28) / 3) ** 2 <= 1] = torch.tensor([20.0, 2.0, 2.0])
+        lab[(abs(xs - cx) <= 6) & (abs(ys - 21) <= 1)] = torch.tensor([25.0, 4.0, 8.0])
+    lab[((xs - 48) / 9) ** 2 + ((ys - 50) / 3) ** 2 <= 1] = torch.tensor([45.0, 50.0, 25.0])  # lips
+    inner = ((xs - 48) / 23) ** 2 + ((ys - 34) / 27) ** 2 <= 1
+    lab[face & ~inner] = torch.tensor([25.0, 5.0, 10.0])  # dark hair strands the parser called face
+    neck = (abs(xs - 48) <= 12) & (ys >= 66) & (ys < 92)
+    lab[neck] = torch.stack(
+        [45 + (ys[neck] - 66) * 0.8, torch.full_like(ys[neck], 8.0), torch.full_like(ys[neck], 30.0)], -1
+    )
+    return lab, face, neck
+
+
+def test_skin_tone_reads_the_face_skin_robustly_and_keeps_the_necks_shading():
+    lab, face, neck = _face_and_neck()
+    image = _lab_image(lab)
+    out, skipped = transfer_skin_tone(image, image, face[None].float(), neck[None].float(), 1.0)
+    assert skipped == []
+    before, after = _lab_of(image)[neck], _lab_of(out)[neck]
+    # chroma lands on the skin's, eyes, brows, lips and the hair halo notwithstanding
+    assert (after[:, 1:].median(0).values - torch.tensor([18.0, 22.0])).abs().max() < 1.0
+    naive = _lab_of(image)[face][:, 1:].mean(0)  # what a plain mean over the face class reads
+    assert (naive - torch.tensor([18.0, 22.0])).abs().max() > 2.0
+    # lightness moves half-way (55 → 62.5) and the neck's own shading stays
+    assert abs(float(after[:, 0].median()) - 62.5) < 1.0
+    assert abs(float(after[:, 0].std() / before[:, 0].std()) - 1.0) < 0.05
+    assert torch.equal(out[0][~neck], image[0][~neck])
+
+
+def test_skin_tone_gain_is_limited():
+    lab, face, neck = _face_and_neck(seed=1)
+    g = torch.Generator().manual_seed(2)
+    lab[face] += torch.randn(int(face.sum()), 3, generator=g) * torch.tensor([0.0, 12.0, 12.0])  # very blotchy skin
+    lab[neck] += torch.randn(int(neck.sum()), 3, generator=g) * torch.tensor([0.0, 1.0, 1.0])  # a smooth neck
+    image = _lab_image(lab)
+    out, _ = transfer_skin_tone(image, image, face[None].float(), neck[None].float(), 1.0)
+    before, after = _lab_of(image)[neck][:, 1:], _lab_of(out)[neck][:, 1:]
+    ratio = after.std(0) / before.std(0)
+    assert bool((ratio <= 1.5 * 1.05).all()) and bool((ratio >= 1.2).all()), ratio
