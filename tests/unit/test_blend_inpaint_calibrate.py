@@ -221,3 +221,26 @@ def test_calibration_refuses_mismatched_inputs():
         calibrate_masks(completed, body, blended.head_mask, blended.body_mask, latent_cell=-1)
     single = calibrate_masks(completed, body, blended.head_mask[:1], blended.body_mask[:1])
     assert single.head_mask.shape == (4, *SIZE)
+
+
+@pytest.mark.parametrize("latent_cell", [8, 4])
+def test_kept_regions_shrink_once_by_less_than_a_cell_and_encode_sources_changes_nothing(latent_cell):
+    from comfyui_hs_diffusion.hs_models.mixing import keep_mask_to_latent
+    from comfyui_hs_diffusion.hs_models.morphology import erode_square
+
+    body, blended, completed = pipeline()
+    masks = calibrate_masks(
+        completed, body, blended.head_mask, blended.body_mask, latent_cell=latent_cell, min_region=0.0
+    )
+    head_ids = torch.tensor(CANONICAL.group_ids("head"))
+    head_region = (blended.head_mask > 0.5) & torch.isin(completed.labels, head_ids)
+    body_region = (blended.body_mask > 0.5) & (completed.labels == body.labels) & ~head_region
+    latent = (SIZE[0] // latent_cell, SIZE[1] // latent_cell)
+    for kept, region in ((masks.head_mask, head_region), (masks.body_mask, body_region)):
+        # less than one cell lost: every pixel whose whole cell lies in the region stays kept
+        assert bool((kept.bool() >= erode_square(region, latent_cell - 1)).all())
+        assert bool((kept.bool() <= region).all())
+        # constant on the latent cells: Encode Sources' "all pixels kept" rule keeps exactly these cells
+        on_latent = keep_mask_to_latent(kept, latent)
+        assert torch.equal(on_latent, F.max_pool2d(kept[:, None], latent_cell)[:, 0])
+        assert torch.equal(F.interpolate(on_latent[:, None], scale_factor=latent_cell)[:, 0], kept)
