@@ -1,4 +1,4 @@
-"""Neck alignment node: scale and move the head photo so its neck meets the body's (method.md §4)."""
+"""Neck alignment node: scale and move the head photo so its head sits where the body's own head was (method.md §4)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,14 @@ class HeadSwapNeckAlign(io.ComfyNode):
             display_name="Neck Align (HeadSwap)",
             category=CATEGORY,
             description=(
-                "Scales and moves the head photo (and its layout) onto the body photo's canvas so that the head's "
-                "neck meets the body's neck: the new head sits where the body's own head was. Measures both layouts "
-                "(chin, neck top centre, neck width; face width when a neck is hidden), or uses OpenPose keypoints "
-                "when both poses are connected. Outputs the warped head image and layout, the MASK of the canvas "
-                "the head photo covers, the transform (for nodes that map results back) and a readable report."
+                "Scales and moves the head photo (and its layout) onto the body photo's canvas so that the new head "
+                "sits where the body's own head was, at its size: the scale comes from the two faces (width across "
+                "the cheeks, read from the free side where hair covers one), the head's chin point goes onto the "
+                "body's, and the neck joins below. Face heights and the visible necks are only cross-checks. Uses "
+                "OpenPose keypoints instead when both poses are connected. Of several faces in a photo the largest "
+                "is used (a warning names it when another is of similar size). Outputs the warped head image and "
+                "layout, the MASK of the canvas the head photo covers, the transform (for nodes that map results "
+                "back) and a readable report naming the cue that decided and any disagreement."
             ),
             inputs=[
                 io.Image.Input("head_image", tooltip="The photo whose head (face and hair) is kept."),
@@ -37,7 +40,8 @@ class HeadSwapNeckAlign(io.ComfyNode):
                     default="auto",
                     tooltip=(
                         "auto: keypoints where both poses are connected and complete, else the layouts. "
-                        "layout: chin and neck of the two layouts. keypoints: OpenPose neck and shoulders. "
+                        "layout: the faces of the two layouts (size across the cheeks, chin point). keypoints: "
+                        "OpenPose neck and shoulders. "
                         "none: no alignment (pre-aligned pairs; other canvas sizes are fitted by height)."
                     ),
                 ),
@@ -48,9 +52,9 @@ class HeadSwapNeckAlign(io.ComfyNode):
                     max=1.0,
                     step=0.01,
                     tooltip=(
-                        "Smallest allowed scale, relative to the size ratio of the two canvases (1.0 = the head "
-                        "keeps its size relative to its own photo). Guards against bad measurements; lower it for "
-                        "close-up head photos."
+                        "Smallest allowed scale, relative to the ratio of the two faces' widths (the size ratio of "
+                        "the canvases where a face is missing), so a close-up head photo onto a full body needs no "
+                        "change. Guards keypoint estimates that disagree with the faces; clamping is reported."
                     ),
                 ),
                 io.Float.Input(
@@ -59,7 +63,7 @@ class HeadSwapNeckAlign(io.ComfyNode):
                     min=1.0,
                     max=20.0,
                     step=0.01,
-                    tooltip="Largest allowed scale, relative to the size ratio of the two canvases.",
+                    tooltip="Largest allowed scale, relative to the ratio of the two faces' widths (see scale_min).",
                 ),
                 io.Float.Input(
                     "max_rotation",
@@ -78,7 +82,7 @@ class HeadSwapNeckAlign(io.ComfyNode):
                     min=0.25,
                     max=4.0,
                     step=0.01,
-                    tooltip="Multiplies the estimated scale, about the neck point (the neck stays attached).",
+                    tooltip="Multiplies the estimated scale, about the chin point (the neck stays attached).",
                 ),
                 io.Int.Input(
                     "offset_x", default=0, min=-8192, max=8192, tooltip="Moves the head right (pixels of the body)."
