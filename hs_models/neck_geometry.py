@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .layout import SemanticLayout
-from .morphology import as_numpy, class_mask_np, first_true_np, largest_component_np, last_true_np
+from .morphology import as_numpy, class_mask_np, first_true_np, last_true_np
 
 NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (method.md §4)
 MIN_FACE_PIXELS = 100  # about 11×11 px: below this the chin fit and the widths are too coarse to align by
@@ -61,26 +61,23 @@ class NeckGeometry:
         return torch.where(self.has_neck, self.neck_width, NECK_FALLBACK_RATIO * self.face_width)
 
 
-def face_components_np(labels: np.ndarray, face_id: int) -> list[list[tuple[float, float, float]]]:
-    """Per image the 8-connected face components as (area, centroid x, centroid y), largest first."""
-    result = []
-    for frame in labels:
-        mask = np.ascontiguousarray(frame == face_id).view(np.uint8)
-        count, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        parts = [
-            (float(stats[k, cv2.CC_STAT_AREA]), float(centroids[k, 0]), float(centroids[k, 1])) for k in range(1, count)
-        ]
-        result.append(sorted(parts, key=lambda p: -p[0]))
-    return result
-
-
 def main_face_np(labels: np.ndarray, label_set) -> tuple[np.ndarray, list[list[tuple[float, float, float]]]]:
     """The main face of every image: its largest face-labelled component (a hand, a stray blob or a bystander
-    labelled face is smaller). Returns the (B,H,W) bool mask and, per image, the other components as
-    (area, centroid x, centroid y), largest first."""
+    labelled face is smaller). Returns the (B,H,W) bool mask and, per image, the other 8-connected face
+    components as (area, centroid x, centroid y), largest first."""
     face_id = label_set.index("face")
-    face = largest_component_np(labels == face_id)
-    return face, [parts[1:] for parts in face_components_np(labels, face_id)]
+    main = np.zeros(labels.shape, dtype=bool)
+    others = []
+    for i, frame in enumerate(labels):
+        mask = np.ascontiguousarray(frame == face_id).view(np.uint8)
+        count, components, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        order = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")
+        if count > 1:
+            main[i] = components == order[0]
+        others.append(
+            [(float(stats[k, cv2.CC_STAT_AREA]), float(centroids[k, 0]), float(centroids[k, 1])) for k in order[1:]]
+        )
+    return main, others
 
 
 def _row_extents(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
