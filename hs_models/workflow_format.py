@@ -155,6 +155,19 @@ def _widget_values(node: dict, info: dict) -> dict[str, object]:
     if legacy_count != expected and len(values) == legacy_count:
         widgets = legacy
     elif len(values) < expected:
+        # A workflow saved before trailing inputs were added: the frontend leaves those widgets at their
+        # defaults, so does the converter (only when every missing widget has one).
+        count, kept = 0, []
+        for name, spec in widgets:
+            width = 1 + _has_control_value(name, spec)
+            if count + width > len(values):
+                break
+            count += width
+            kept.append(name)
+        rest = [(n, s) for n, s in widgets if n not in kept]
+        if count == len(values) and rest and all("default" in _options(s) for _, s in rest):
+            values = values + [v for n, s in rest for v in [_options(s)["default"]] * (1 + _has_control_value(n, s))]
+    if len(values) < expected and not (legacy_count != expected and len(values) == legacy_count):
         raise WorkflowFormatError(
             f"{_describe(node)}: widgets_values has {len(values)} values, expected {expected} for "
             f"{widget_names(info)}; was the workflow saved with another version of this node? Open it in "

@@ -83,6 +83,7 @@ class HeadSwapLayoutBlend(io.ComfyNode):
                     "body_skin",
                     options=list(BODY_SKIN_OPTIONS),
                     default=DEFAULT_BODY_SKIN,
+                    optional=True,  # API prompts saved before this input existed stay valid
                     tooltip=(
                         "The body's bare skin below the new neck (V-neck, strapless, bare shoulders; parsers call it "
                         "neck) always stays skin. regenerate (default): it is repainted together with the new neck, "

@@ -154,6 +154,15 @@ def test_wrong_number_of_widget_values_names_the_node():
         ui_to_api(workflow, OBJECT_INFO)
 
 
+def test_a_workflow_saved_before_a_trailing_input_existed_gets_its_default():
+    """The frontend leaves widgets missing from an older workflow's widgets_values at their defaults."""
+    workflow = frontend_workflow()
+    workflow["nodes"][4]["widgets_values"] = [42, "randomize", 20, 6.5, "euler"]  # saved before "denoise"
+    prompt = ui_to_api(workflow, OBJECT_INFO)
+    sampler = next(v for v in prompt.values() if v["class_type"] == "KSampler")
+    assert sampler["inputs"]["denoise"] == 1.0 and sampler["inputs"]["sampler_name"] == "euler"
+
+
 def test_unknown_node_type_is_named():
     workflow = frontend_workflow()
     workflow["nodes"][2]["type"] = "SomeCustomLatent"
