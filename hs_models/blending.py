@@ -6,14 +6,19 @@ head is drawn over the body, so long hair may fall over the shoulders; the neck 
 hair-shaped holes become the transition region that the layout generator fills. The erosions, the
 seam band and the option to keep the body's background are the project's [PROPOSAL] (§5.2):
 
-1. head  = head classes of the aligned head layout (hair, face, hat), eroded by ``head_erosion``;
-2. band  = a ring of ``seam_band`` around the head, outside it: the jaw/collar junction is regenerated;
-3. body  = body classes of the body layout (clothes, arms, other), with ``keep_body_background`` also
-   its background (one region: their common border is the body photo's own), eroded by
-   ``body_erosion``, minus the head and the band;
-4. layout: the head labels where the aligned head has head classes (the head wins), the body labels
-   of the body classes outside the head and the band, UNKNOWN in the rest of the person (both necks,
-   the body's old head, the band), the body's labels elsewhere.
+1. head  = the aligned layout's *main head* (the largest face, as alignment chose it, and the hair and
+   hat connected to it; other head-class regions are not pasted), eroded by ``head_erosion``;
+2. bands = a ring of ``seam_band`` around the new head, and one of ``OLD_HEAD_BAND`` face heights around
+   the body's old main head (old hair strands the parser missed are regenerated, never kept);
+3. body  = body classes of the body layout (clothes, arms, other), other people's heads and necks, with
+   ``keep_body_background`` also its background (one region: their common border is the body photo's
+   own), with ``body_skin="keep"`` also its bare skin below the neck zone; eroded by ``body_erosion``,
+   minus the head and the bands;
+4. layout: the head labels where the new head is (the head wins), the body labels of the body classes,
+   of other people and of the body's bare skin (labelled neck by CelebAMask-HQ parsers) below the neck
+   zone (``NECK_ZONE`` face heights under the old chin), UNKNOWN in the rest of the person (both necks'
+   upper part, the body's old head, the bands), the body's labels elsewhere. The skin keeps its label in
+   both ``body_skin`` options, so it is never turned into clothes or background.
 
 Sizes are fractions of the shorter image side, so one setting works at every resolution.
 """
