@@ -1,6 +1,6 @@
 """Neck alignment: the similarity that puts the head source's neck onto the body source's neck.
 
-method.md §4. The paper confirms that a "neck alignment" step exists but publishes no algorithm; the
+docs/method.md §4. The paper confirms that a "neck alignment" step exists but publishes no algorithm; the
 measurements, the two estimation modes and the clamps here are the project's [PROPOSAL]:
 
 * mode ``layout`` (A): from the two layouts, by the **face**. The visible neck is unreliable in photos
@@ -235,7 +235,7 @@ def face_choice_warning(source: str, index: int, geometry: NeckGeometry, item: i
 
 
 def face_scale(head: NeckGeometry, h: int, body: NeckGeometry, b: int) -> tuple[float, str, list[str]]:
-    """Scale of the head onto the body from the two faces (method.md §4, mode A): the cue that decided and
+    """Scale of the head onto the body from the two faces (docs/method.md §4, mode A): the cue that decided and
     the cross-checks that disagree with it."""
     by_width = float(body.face_width[b] / head.face_width[h])
     by_area = math.sqrt(float(body.face_pixels[b] / head.face_pixels[h]))

@@ -1,4 +1,4 @@
-"""Face and neck measurements of a semantic layout: chin, face size and axis, neck width (method.md §4).
+"""Face and neck measurements of a semantic layout: chin, face size and axis, neck width (docs/method.md §4).
 
 Shared by neck alignment (where to put the new head and how big) and the weight-free layout inpainter
 (where to draw the new neck). The paper publishes no measurement rules; these are the project's
@@ -22,7 +22,7 @@ import torch
 from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, first_true_np, last_true_np
 
-NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (method.md §4)
+NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (docs/method.md §4)
 MIN_FACE_PIXELS = 100  # about 11×11 px: below this the chin fit and the widths are too coarse to align by
 SIMILAR_FACE_RATIO = 0.5  # a second face at least this fraction of the main face's area makes the choice uncertain
 
@@ -125,7 +125,7 @@ def _chin_line(bottoms: np.ndarray, chin_x: np.ndarray, face_width: np.ndarray, 
 
 
 def measure_neck(layout: SemanticLayout) -> NeckGeometry:
-    """Face and neck measurements of every image of a layout (method.md §4, mode A)."""
+    """Face and neck measurements of every image of a layout (docs/method.md §4, mode A)."""
     return _measure(as_numpy(layout.labels), layout.label_set)
 
 

@@ -1,4 +1,4 @@
-"""Neck alignment node: scale and move the head photo so its head sits where the body's own head was (method.md §4)."""
+"""Neck alignment node: scale and move the head photo so its head sits where the body's own head was (docs/method.md §4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The four layout stages on pairs unlike the same-person ones: different people, hair over a neck, close-ups,
 bare skin, stray face-labelled blobs, bystanders, big old hairdos, portrait and landscape canvases
-(method.md §4–§7). Each family checks the numbers the stages promise on photos in the wild."""
+(docs/method.md §4–§7). Each family checks the numbers the stages promise on photos in the wild."""
 
 from __future__ import annotations
 
