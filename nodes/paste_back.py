@@ -82,7 +82,7 @@ class HeadSwapPasteBack(io.ComfyNode):
             head_image=head_image, head_mask=head_mask, head_skin_mask=head_skin_mask, neck_mask=neck_mask,
         )  # fmt: skip
         for note in pasted.warnings:
-            logger.warning("HeadSwapPasteBack: %s", note)
+            logger.warning("%s", note)
         return io.NodeOutput(pasted.image)
 
 

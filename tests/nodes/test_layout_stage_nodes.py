@@ -153,3 +153,22 @@ def test_inpaint_backend_is_checked(pack_nodes):
         pack_nodes["HeadSwapLayoutInpaint"].execute(layout=layout, backend="model")
     same, filled = pack_nodes["HeadSwapLayoutInpaint"].execute(layout=layout, backend="heuristic").result
     assert torch.equal(same.labels, layout.labels) and not bool(filled.any())
+
+
+def test_two_faces_of_similar_size_warn_on_neck_align(pack_nodes):
+    """The face choice changes the result: the warning reaches the node's UI output and the report."""
+    from comfyui_hs_diffusion.hs_models.synthetic import draw_scene
+    from comfyui_hs_diffusion.nodes.ui_warnings import WARNINGS_KEY
+
+    g = torch.Generator().manual_seed(14)
+    main, other, body = (random_figure(g) for _ in range(3))
+    labels, _ = draw_scene([(other, Placement(scale=0.9, shift=(150.0, 0.0))), (main, Placement(shift=(-110.0, 0.0)))])
+    head_layout = SemanticLayout(labels[None], CANONICAL)
+    body_layout = stack(same_person_pairs([body], [Placement()]).body)
+    out = pack_nodes["HeadSwapNeckAlign"].execute(
+        head_image=torch.rand(1, 512, 512, 3), head_layout=head_layout, body_layout=body_layout, **ALIGN_DEFAULTS
+    )
+    ui = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
+    (message,) = [m for m in ui[WARNINGS_KEY] if "two faces of similar size" in m]
+    assert "crop the photo" in message and "draw the layout" in message
+    assert "WARNING: head_layout image 0 has two faces of similar size" in out.result[4]
