@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", action="append", default=[],
                         help="a running ComfyUI server (URL or host:port); repeat for several (one queue each). "
                         "Default: 127.0.0.1:8188")  # fmt: skip
+    parser.add_argument("--in-process", type=Path, metavar="COMFYUI_DIR",
+                        help="run the prompts inside this process with the ComfyUI in COMFYUI_DIR (no server needed; "
+                        "the pack must be in its custom_nodes); ComfyUI flags follow --comfy-args")  # fmt: skip
+    parser.add_argument("--comfy-args", default="", metavar="'FLAGS'",
+                        help="with --in-process: ComfyUI's own flags, e.g. '--cpu --base-directory /data/comfy'")  # fmt: skip
     parser.add_argument("--input", action="append", default=[], metavar="COLUMN=NODE",
                         help="which image loader takes a column's files (node id or title prefix); default: the "
                         "loader titled like the column ('Head photo…', 'Body photo…')")  # fmt: skip
@@ -96,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--input {item!r}: expected COLUMN=NODE, e.g. --input head=1")
             inputs[column.strip()] = node.strip()
         settings = [parse_setting(s) for s in args.set]
-        clients = [ComfyClient(url) for url in (args.server or ["127.0.0.1:8188"])]
+        if args.in_process and args.server:
+            parser.error("give --in-process or --server, not both")
+        if args.in_process:
+            from .inprocess import InProcessComfy
+
+            clients = [InProcessComfy(args.in_process, shlex.split(args.comfy_args))]
+        else:
+            clients = [ComfyClient(url) for url in (args.server or ["127.0.0.1:8188"])]
         # every server is checked before any pair is sent
         infos = []
         for client in clients:

@@ -234,3 +234,26 @@ def test_a_server_that_is_not_comfyui_or_lacks_the_pack_is_refused_before_any_pa
     result = run_batch("--pairs", pairs, "--template", TEMPLATE, "--output", tmp_path / "o", "--server", "127.0.0.1:9")
     assert result.returncode == 2 and "http://127.0.0.1:9 does not answer" in result.stderr
     assert requests.get(comfy_server.url + "/system_stats", timeout=10).ok and os.path.isdir(PACK_DIR)
+
+
+def test_in_process_runs_the_same_template_without_a_server(people, tmp_path):
+    folder, names = people
+    pairs = write_csv(folder / "pairs_in_process.csv", pair_rows(names, 2))
+    packs, base = tmp_path / "packs", tmp_path / "base"
+    (base / "custom_nodes").mkdir(parents=True)
+    packs.mkdir()
+    (packs / "ComfyUI-HS-Diffusion").symlink_to(PACK_DIR, target_is_directory=True)
+    paths = tmp_path / "paths.yaml"
+    paths.write_text(f"batch_tests:\n    custom_nodes: {packs}\n")
+    comfy_args = f"--cpu --base-directory {base} --extra-model-paths-config {paths}"
+    output = tmp_path / "out"
+    result = run_batch("--pairs", pairs, "--template", TEMPLATE, "--output", output, "--in-process", comfyui_dir(),
+                       "--comfy-args", comfy_args)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 pairs: 2 done (0 from an earlier run), 0 failed" in result.stderr
+    found = records(output)
+    assert {r["server"] for r in found.values()} == {"in-process"}
+    for r in found.values():
+        assert r["timings"]["execution_s"] > 0 and r["settings"]["5 Neck Align (HeadSwap)"]["mode"] == "auto"
+        saved = [name for name in r["outputs"] if name.endswith(".png")]
+        assert np.asarray(Image.open(output / r["id"] / saved[0])).shape[:2] == SIZE
