@@ -36,7 +36,7 @@ from .layout import SemanticLayout
 FORMAT = "hs_layout_generator"
 FORMAT_VERSION = 1
 ARCHITECTURE = "hs_layout_unet"
-TRAIN_HINT = "train one with `python -m hs_models.training generator` (docs/training.md)"
+TRAIN_HINT = "train one with `python -m hs_training generator` (docs/training.md)"
 
 
 class GeneratorFileError(ValueError):
@@ -310,7 +310,7 @@ def label_table(source: LabelSet, target: LabelSet) -> torch.Tensor:
     for i, name in enumerate(source.class_names):
         if name in target.class_names:
             table[i] = target.index(name)
-        elif target is PAPER5 and name in CANONICAL_TO_PAPER5:
+        elif target.name == PAPER5.name and name in CANONICAL_TO_PAPER5:
             table[i] = target.index(CANONICAL_TO_PAPER5[name])
         else:
             raise ValueError(

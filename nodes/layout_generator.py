@@ -47,7 +47,7 @@ def _missing_model_message(model_name: str) -> str:
     folders = folder_paths.get_folder_paths(LAYOUT_FOLDER)
     return (
         f"model_name: {model_name!r} is not in the {LAYOUT_FOLDER} model folder ({', '.join(folders)}). Put a "
-        f"layout generator trained with `python -m hs_models.training generator` (docs/training.md) into "
+        f"layout generator trained with `python -m hs_training generator` (docs/training.md) into "
         f"{folders[0] if folders else LAYOUT_FOLDER}, or leave Layout Inpaint's generator input unconnected to use "
         f"the weight-free backend"
     )
@@ -117,7 +117,7 @@ class HeadSwapLayoutGeneratorLoader(io.ComfyNode):
             description=(
                 "Loads a semantic layout generator from models/headswap_layout: the U-Net that completes a blended "
                 "layout (the neck, the body's old head area, the holes of its hair), trained with "
-                "`python -m hs_models.training generator`. Connect it to Layout Inpaint's generator input. The file "
+                "`python -m hs_training generator`. Connect it to Layout Inpaint's generator input. The file "
                 "names its label set and resolution; files of another architecture or label set are refused."
             ),
             inputs=[

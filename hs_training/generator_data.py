@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .labels import UNKNOWN, LabelSet
-from .morphology import dilate_np, nearest_label_fill_np
+from hs_models.labels import UNKNOWN, LabelSet
+from hs_models.morphology import dilate_np, nearest_label_fill_np
 
 REFERENCE_SIDE = 256.0  # sizes in pixels below are at 256² and scale with the layout
 
