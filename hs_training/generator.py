@@ -144,13 +144,16 @@ class ProceduralLayouts(torch.utils.data.Dataset):
     def __init__(self, count: int, label_set: LabelSet, resolution: int, seed_offset: int = 0):
         self.count, self.resolution, self.seed_offset = count, resolution, seed_offset
         self.table = label_table(get_label_set("canonical8"), label_set)
+        self.cache: dict[int, torch.Tensor] = {}  # drawn once per process (uint8: R² bytes per layout)
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        _, labels = procedural_pair(self.seed_offset + index, self.resolution)
-        return self.table[labels]
+        if index not in self.cache:
+            _, labels = procedural_pair(self.seed_offset + index, self.resolution)
+            self.cache[index] = self.table[labels].to(torch.uint8)
+        return self.cache[index].to(torch.int64)
 
 
 class CorruptedPairs(torch.utils.data.Dataset):
