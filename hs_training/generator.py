@@ -223,7 +223,7 @@ class GeneratorTask(Task):
         "procedural layouts (--procedural N). Writes OUT/model.safetensors for Load Layout Generator."
     )
     Options = GeneratorOptions
-    defaults = {"lr": 2e-4, "batch_size": 16, "steps": 20000, "betas": (0.5, 0.999)}
+    defaults = {"lr": 2e-4, "batch_size": 32, "steps": 20000, "betas": (0.5, 0.999)}
     export_name = "model.safetensors"
 
     def architecture(self) -> dict[str, Any]:

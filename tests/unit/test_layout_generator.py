@@ -269,3 +269,17 @@ def test_training_and_evaluation_errors_are_one_clear_message(tmp_path, capsys):
     (tmp_path / "x.safetensors").write_bytes(b"not a model")
     assert main(["evaluate", "--model", str(tmp_path / "x.safetensors"), "--procedural", "4"]) == 1
     assert "x.safetensors" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file as read
+
+    torch.set_num_threads(1)
+    flags = ["--procedural", "16", "--resolution", "32", "--base-width", "4", "--levels", "2", "--max-width", "8",
+             "--steps", "6", "--batch-size", "4", "--checkpoint-every", "0", "--sample-every", "0", "--no-progress",
+             "--cover-probability", "1", "--noise-probability", "1"]  # fmt: skip
+    assert main(["generator", *flags, "--out", str(tmp_path / "whole")]) == 0
+    assert main(["generator", *flags, "--out", str(tmp_path / "parts"), "--stop-after", "3"]) == 0
+    assert main(["generator", *flags, "--out", str(tmp_path / "parts")]) == 0
+    whole, parts = (read(str(tmp_path / run / "model.safetensors")) for run in ("whole", "parts"))
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
