@@ -253,3 +253,18 @@ def test_names_from_different_datasets_do_not_overwrite_each_other(tmp_path, cap
                         "--labels", str(tmp_path / "two" / "lab"))  # fmt: skip
     assert code == 1 and "--prefix" in err
     assert manifest(tmp_path)["items"]["a"]["source_image"].endswith("one/img/a.png")
+
+
+def test_neck_derivation_stops_at_a_collar_even_where_the_skin_continues_around_it():
+    labels = np.zeros((SIZE, SIZE), np.int64)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    labels[((xx - 48) / 14) ** 2 + ((yy - 30) / 18) ** 2 <= 1] = ID["face"]
+    skin = (yy > 40) & (np.abs(xx - 48) <= 10) & (labels != ID["face"])
+    strap = (yy >= 60) & (yy < 63) & (np.abs(xx - 48) <= 8)  # a collar band; skin passes it at both ends
+    labels[strap] = ID["clothes"]
+    skin &= ~strap
+    derived, found = derive_neck(labels, skin)
+    assert found
+    assert np.all(derived[skin & (yy < 60)] == ID["neck"])
+    below = skin & (yy >= 63) & (np.abs(xx - 48) <= 8)
+    assert below.any() and np.all(derived[below] == ID["arms"])  # under the collar: not neck
