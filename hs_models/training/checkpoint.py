@@ -131,13 +131,23 @@ def check_compatible(data: dict[str, Any], path: Path, task: str, architecture: 
     )
     if data.get("task") != task:
         raise ResumeError(f"{str(path)!r} is a checkpoint of the {data.get('task')!r} task, not {task!r}; {fix}")
-    saved = json.loads(data.get("architecture", "{}"))
-    if saved != architecture:
+    saved = _flatten(json.loads(data.get("architecture", "{}")))
+    now = _flatten(json.loads(json.dumps(architecture)))
+    if saved != now:
         differences = [
-            f"{key}: checkpoint {saved.get(key)!r}, now {architecture.get(key)!r}"
-            for key in sorted(set(saved) | set(architecture))
-            if saved.get(key) != architecture.get(key)
+            f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r}"
+            for key in sorted(set(saved) | set(now))
+            if saved.get(key) != now.get(key)
         ]
         raise ResumeError(
-            f"{str(path)!r} was trained with another model architecture ({'; '.join(differences)[:600]}); {fix}"
+            f"{str(path)!r} was trained with another model architecture ({'; '.join(differences[:8])}); {fix}"
         )
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out

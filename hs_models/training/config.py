@@ -38,6 +38,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     lr_schedule: str = "constant"  # constant, cosine or linear decay to 0 after the warm-up
     warmup_steps: int = 0
     grad_clip: float = 0.0  # max gradient norm; 0 = off

@@ -192,21 +192,25 @@ class Trainer:
             state = ckpt.load_checkpoint(resume_path)
             ckpt.check_compatible(state, resume_path, task.name, architecture)
 
+        dataset = task.build_dataset()  # before the model: a bad dataset folder fails fast
+        sampler = self._sampler(dataset)
+        self.steps_per_epoch = sampler.steps_per_epoch
         model = task.build_model().to(context.device)
         if train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         ema_target = task.ema_module(model) or model
         ema = EMA(ema_target, train.ema_decay) if train.ema_decay > 0 else None
         optimizer = torch.optim.AdamW(
-            task.parameter_groups(model), lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay
+            task.parameter_groups(model),
+            lr=train.lr,
+            betas=tuple(train.betas),
+            eps=train.adam_eps,
+            weight_decay=train.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps, train.lr_schedule)
         )
         scaler = torch.amp.GradScaler(context.device.type, enabled=train.precision == "fp16")
-        dataset = task.build_dataset()
-        sampler = self._sampler(dataset)
-        self.steps_per_epoch = sampler.steps_per_epoch
         step = 0
         if state is not None:
             model.load_state_dict(state["model"])
