@@ -1,11 +1,11 @@
 """Training the semantic-mixing LDM end to end, on the CPU: procedural data → trained model → real ComfyUI server.
 
-Real: the ``autoencoder`` and ``ldm`` subcommands (hs_models/training), the pack's LDM modules, the exported file,
+Real: the ``autoencoder`` and ``ldm`` subcommands (hs_training), the pack's LDM modules, the exported file,
 its loading by read_ldm_checkpoint (the loader's reader) and by Load Semantic-Mixing LDM on the real server, and
 the headswap_hs_ldm template (with the hand-drawn layouts of test_server_pipeline.py, as there).
 
 Data: 16² renderings of procedural half-body layouts (hs_models.synthetic) with one colour and stripe texture per
-class (hs_models.training.data.render_layout); a held-out set from other seeds. The model is the smallest the
+class (hs_training.data.render_layout); a held-out set from other seeds. The model is the smallest the
 modules build (VQ f = 2, a 0.7 M-parameter UNet): a few hundred steps are enough to learn each class's colour.
 """
 
@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, convert_labels
-from comfyui_hs_diffusion.hs_models.ldm import read_ldm_checkpoint
-from comfyui_hs_diffusion.hs_models.ldm.rescaler import SpatialRescaler
-from comfyui_hs_diffusion.hs_models.ldm.unet import UNetModel
-from comfyui_hs_diffusion.hs_models.ldm.vq import VQAutoencoder
-from comfyui_hs_diffusion.hs_models.training.cli import train
-from comfyui_hs_diffusion.hs_models.training.data import PairedFolder, write_procedural_dataset
-from comfyui_hs_diffusion.hs_models.training.ldm import LDMTrainingModule, ddim_sample, per_class_mean_colours
+from hs_models.labels import CANONICAL, PAPER5, convert_labels
+from hs_models.ldm import read_ldm_checkpoint
+from hs_models.ldm.rescaler import SpatialRescaler
+from hs_models.ldm.unet import UNetModel
+from hs_models.ldm.vq import VQAutoencoder
 from hs_testing.training import RESOLUTION, torch_threads, write_tiny_config
+from hs_training.cli import train
+from hs_training.data import PairedFolder, write_procedural_dataset
+from hs_training.ldm import LDMTrainingModule, ddim_sample, per_class_mean_colours
 
 
 def _pipeline_module():

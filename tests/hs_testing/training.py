@@ -38,7 +38,7 @@ def write_tiny_config(folder: Path, **unet_overrides) -> Path:
 
 def write_random_first_stage(path: Path, seed: int = 0) -> Path:
     """A random-weight VQ autoencoder of the tiny config under the LDM prefix (what ``--first-stage`` reads)."""
-    from comfyui_hs_diffusion.hs_models.ldm.vq import VQAutoencoder
+    from hs_models.ldm.vq import VQAutoencoder
 
     torch.manual_seed(seed)
     vq = VQAutoencoder(**TINY_LDM_CONFIG["first_stage"])
@@ -73,13 +73,13 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m hs_models.training …`` from the repository root, through torchrun when ``nproc`` > 1."""
+    """``python -m hs_training …`` from the repository root, through torchrun when ``nproc`` > 1."""
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m"]
     else:
         launcher = [sys.executable, "-m"]
     return subprocess.run(
-        [*launcher, "hs_models.training", *args],
+        [*launcher, "hs_training", *args],
         cwd=PACK_DIR,
         env=cli_env(),
         capture_output=True,

@@ -37,9 +37,10 @@ def save(path, array, mode=None):
     Image.fromarray(array, mode=mode).save(path)
 
 
-def prepare(tmp_path, capsys, *flags) -> tuple[int, str]:
+def prepare(tmp_path, caplog, *flags) -> tuple[int, str]:
+    caplog.clear()
     code = main(["prepare", "--out", str(tmp_path / "out"), *flags])
-    return code, capsys.readouterr().err
+    return code, caplog.text
 
 
 def manifest(tmp_path) -> dict:
@@ -59,7 +60,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_celebamask_class_masks_paint_in_the_dataset_order_and_match_numeric_names(tmp_path, capsys):
+def test_celebamask_class_masks_paint_in_the_dataset_order_and_match_numeric_names(tmp_path, caplog):
     labels = figure_labels()
     save(tmp_path / "img" / "12.jpg", photo(labels))
     masks = tmp_path / "masks" / "0"
@@ -70,7 +71,7 @@ def test_celebamask_class_masks_paint_in_the_dataset_order_and_match_numeric_nam
     for cls, mask in {"skin": face, "l_eye": eye & face, "hair": labels == ID["hair"],
                       "neck": labels == ID["neck"], "cloth": labels == ID["clothes"]}.items():  # fmt: skip
         save(masks / f"00012_{cls}.png", (mask * 255).astype(np.uint8))
-    code, err = prepare(tmp_path, capsys, "--format", "celebamask", "--images", str(tmp_path / "img"),
+    code, err = prepare(tmp_path, caplog, "--format", "celebamask", "--images", str(tmp_path / "img"),
                         "--labels", str(tmp_path / "masks"))  # fmt: skip
     assert code == 0, err
     assert np.array_equal(layout(tmp_path, "12"), labels)
@@ -90,14 +91,14 @@ def shhq_rgb(labels: np.ndarray, skin: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def test_shhq_palette_maps_colours_and_derives_the_neck_from_skin(tmp_path, capsys):
+def test_shhq_palette_maps_colours_and_derives_the_neck_from_skin(tmp_path, caplog):
     labels = figure_labels(long_hair=30)
     arm = np.zeros(labels.shape, bool)
     arm[SIZE - 20 :, 2:8] = True  # bare arm skin at the side, under the shoulder line, away from the face
     skin = (labels == ID["neck"]) | arm
     save(tmp_path / "img" / "a.png", photo(labels))
     save(tmp_path / "lab" / "a.png", shhq_rgb(labels, skin))
-    code, err = prepare(tmp_path, capsys, "--format", "palette", "--palette", "shhq",
+    code, err = prepare(tmp_path, caplog, "--format", "palette", "--palette", "shhq",
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"))  # fmt: skip
     assert code == 0, err
     out = layout(tmp_path, "a")
@@ -123,7 +124,7 @@ def test_neck_derivation_keeps_skin_away_from_the_face_as_arms_and_stops_at_the_
     assert not found and np.all(derived[skin] == ID["arms"])
 
 
-def test_indexed_maps_with_a_preset_and_a_mapping_file_and_resize_with_size(tmp_path, capsys):
+def test_indexed_maps_with_a_preset_and_a_mapping_file_and_resize_with_size(tmp_path, caplog):
     labels = figure_labels()
     bisenet = {"background": 0, "face": 1, "neck": 14, "clothes": 16, "hair": 17}
     ids = np.zeros_like(labels)
@@ -131,14 +132,14 @@ def test_indexed_maps_with_a_preset_and_a_mapping_file_and_resize_with_size(tmp_
         ids[labels == ID[name]] = value
     save(tmp_path / "img" / "p1.png", photo(labels))
     save(tmp_path / "lab" / "p1.png", ids.astype(np.uint8), mode="L")
-    code, err = prepare(tmp_path, capsys, "--format", "indexed", "--mapping", "bisenet19",
+    code, err = prepare(tmp_path, caplog, "--format", "indexed", "--mapping", "bisenet19",
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"))  # fmt: skip
     assert code == 0, err
     assert np.array_equal(layout(tmp_path, "p1"), labels)
     # a JSON mapping file, 'skin' as a target, and --size: both halved, the labels with nearest neighbour
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({"0": "background", "1": "face", "14": "skin", "16": "clothes", "17": "hair"}))
-    code, err = prepare(tmp_path, capsys, "--format", "indexed", "--mapping", str(mapping), "--size", str(SIZE // 2),
+    code, err = prepare(tmp_path, caplog, "--format", "indexed", "--mapping", str(mapping), "--size", str(SIZE // 2),
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--prefix", "m_")  # fmt: skip
     assert code == 0, err
     small = layout(tmp_path, "m_p1")
@@ -150,14 +151,14 @@ def test_indexed_maps_with_a_preset_and_a_mapping_file_and_resize_with_size(tmp_
     assert set(items) == {"p1", "m_p1"} and items["m_p1"]["neck"] == "derived"  # the first run's item is kept
 
 
-def test_parse_labels_photos_with_the_packs_face_parser(tmp_path, capsys):
+def test_parse_labels_photos_with_the_packs_face_parser(tmp_path, caplog):
     from hs_testing.parsing import tiny_segformer_config, tiny_segformer_state_dict, write_segformer_folder
 
     config = tiny_segformer_config()
     weights = write_segformer_folder(tmp_path / "parser", config, tiny_segformer_state_dict(config, favour=1))
     for i in range(2):
         save(tmp_path / "img" / f"q{i}.jpg", photo(figure_labels(), i))
-    code, err = prepare(tmp_path, capsys, "--format", "parse", "--parser", str(weights),
+    code, err = prepare(tmp_path, caplog, "--format", "parse", "--parser", str(weights),
                         "--images", str(tmp_path / "img"))  # fmt: skip
     assert code == 0, err
     for i in range(2):
@@ -171,17 +172,17 @@ def test_parse_labels_photos_with_the_packs_face_parser(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_a_folder_without_usable_pairs_is_one_clear_message(tmp_path, capsys):
+def test_a_folder_without_usable_pairs_is_one_clear_message(tmp_path, caplog):
     save(tmp_path / "img" / "a.png", photo(figure_labels()))
     save(tmp_path / "lab" / "b.png", figure_labels().astype(np.uint8), mode="L")
-    code, err = prepare(tmp_path, capsys, "--format", "indexed", "--mapping", "canonical8",
+    code, err = prepare(tmp_path, caplog, "--format", "indexed", "--mapping", "canonical8",
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"))  # fmt: skip
     assert code == 1
     assert "no usable image + label-map pairs" in err and "1 image(s)" in err and "same file name stem" in err
     assert "Traceback" not in err
 
 
-def test_label_values_outside_the_mapping_name_the_file_and_keep_what_was_written(tmp_path, capsys):
+def test_label_values_outside_the_mapping_name_the_file_and_keep_what_was_written(tmp_path, caplog):
     labels = figure_labels()
     for name in ("a", "b", "c"):
         save(tmp_path / "img" / f"{name}.png", photo(labels))
@@ -191,13 +192,13 @@ def test_label_values_outside_the_mapping_name_the_file_and_keep_what_was_writte
     save(tmp_path / "lab" / "b.png", bad, mode="L")
     flags = ["--format", "indexed", "--mapping", "canonical8", "--images", str(tmp_path / "img"),
              "--labels", str(tmp_path / "lab")]  # fmt: skip
-    code, err = prepare(tmp_path, capsys, *flags)
+    code, err = prepare(tmp_path, caplog, *flags)
     assert code == 1
     assert "b.png" in err and "[42]" in err and "--mapping" in err and "--skip-bad" in err
     assert (tmp_path / "out" / "layouts" / "a.png").is_file()  # written before the bad file: kept
     assert set(manifest(tmp_path)["items"]) == {"a"}
     assert manifest(tmp_path)["problems"][0]["file"].endswith("b.png")
-    code, err = prepare(tmp_path, capsys, *flags, "--skip-bad")
+    code, err = prepare(tmp_path, caplog, *flags, "--skip-bad")
     assert code == 0, err
     assert set(manifest(tmp_path)["items"]) == {"a", "c"}
     [problem] = manifest(tmp_path)["problems"]
@@ -206,50 +207,50 @@ def test_label_values_outside_the_mapping_name_the_file_and_keep_what_was_writte
     assert not list((tmp_path / "out").rglob(".*.png"))  # no temporary files left behind
 
 
-def test_image_and_label_map_of_different_sizes(tmp_path, capsys):
+def test_image_and_label_map_of_different_sizes(tmp_path, caplog):
     labels = figure_labels()
     save(tmp_path / "img" / "a.png", np.zeros((SIZE * 2, SIZE * 2, 3), np.uint8))
     save(tmp_path / "lab" / "a.png", labels.astype(np.uint8), mode="L")
     flags = ["--format", "indexed", "--mapping", "canonical8", "--images", str(tmp_path / "img"),
              "--labels", str(tmp_path / "lab")]  # fmt: skip
-    code, err = prepare(tmp_path, capsys, *flags)
+    code, err = prepare(tmp_path, caplog, *flags)
     assert code == 1
     assert "a.png" in err and f"{SIZE * 2}×{SIZE * 2}" in err and f"{SIZE}×{SIZE}" in err and "--size" in err
-    code, err = prepare(tmp_path, capsys, *flags, "--size", str(SIZE))
+    code, err = prepare(tmp_path, caplog, *flags, "--size", str(SIZE))
     assert code == 0, err
     assert np.array_equal(layout(tmp_path, "a"), labels)
     # different framing (aspect ratio) cannot be fixed by resizing
     save(tmp_path / "img" / "a.png", np.zeros((SIZE, SIZE * 2, 3), np.uint8))
-    code, err = prepare(tmp_path, capsys, *flags, "--size", str(SIZE))
+    code, err = prepare(tmp_path, caplog, *flags, "--size", str(SIZE))
     assert code == 1 and "different aspect ratios" in err and "a.png" in err
 
 
-def test_palette_colours_outside_the_palette_and_bad_mapping_files(tmp_path, capsys):
+def test_palette_colours_outside_the_palette_and_bad_mapping_files(tmp_path, caplog):
     labels = figure_labels()
     rgb = shhq_rgb(labels, labels == ID["neck"])
     rgb[0, 0] = (1, 2, 3)  # anti-aliasing or JPEG damage
     save(tmp_path / "img" / "a.png", photo(labels))
     save(tmp_path / "lab" / "a.png", rgb)
-    code, err = prepare(tmp_path, capsys, "--format", "palette", "--palette", "shhq",
+    code, err = prepare(tmp_path, caplog, "--format", "palette", "--palette", "shhq",
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"))  # fmt: skip
     assert code == 1 and "a.png" in err and "(1, 2, 3)" in err and "--palette" in err
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({"0": "background", "1": "torso"}))
-    code, err = prepare(tmp_path, capsys, "--format", "indexed", "--mapping", str(mapping),
+    code, err = prepare(tmp_path, caplog, "--format", "indexed", "--mapping", str(mapping),
                         "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"))  # fmt: skip
     assert code == 1 and "'torso' is not a target class" in err and "skin" in err
 
 
-def test_names_from_different_datasets_do_not_overwrite_each_other(tmp_path, capsys):
+def test_names_from_different_datasets_do_not_overwrite_each_other(tmp_path, caplog):
     labels = figure_labels()
     for folder in ("one", "two"):
         save(tmp_path / folder / "img" / "a.png", photo(labels))
         save(tmp_path / folder / "lab" / "a.png", labels.astype(np.uint8), mode="L")
     flags = ["--format", "indexed", "--mapping", "canonical8"]
-    code, err = prepare(tmp_path, capsys, *flags, "--images", str(tmp_path / "one" / "img"),
+    code, err = prepare(tmp_path, caplog, *flags, "--images", str(tmp_path / "one" / "img"),
                         "--labels", str(tmp_path / "one" / "lab"))  # fmt: skip
     assert code == 0, err
-    code, err = prepare(tmp_path, capsys, *flags, "--images", str(tmp_path / "two" / "img"),
+    code, err = prepare(tmp_path, caplog, *flags, "--images", str(tmp_path / "two" / "img"),
                         "--labels", str(tmp_path / "two" / "lab"))  # fmt: skip
     assert code == 1 and "--prefix" in err
     assert manifest(tmp_path)["items"]["a"]["source_image"].endswith("one/img/a.png")

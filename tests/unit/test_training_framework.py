@@ -1,4 +1,4 @@
-"""The training framework (hs_models/training) with the LDM task at its smallest size, on the CPU.
+"""The training framework (hs_training) with the LDM task at its smallest size, on the CPU.
 
 Real: the trainer, the LDM task and its modules, checkpoints on disk, torchrun with the gloo backend (2 processes).
 The first stage is a random-weight VQ (these tests are about the loop, not image quality; the e2e tier trains one).
@@ -11,18 +11,6 @@ import json
 import pytest
 import torch
 
-from comfyui_hs_diffusion.hs_models.training import checkpoint as ckpt
-from comfyui_hs_diffusion.hs_models.training.cli import main, train
-from comfyui_hs_diffusion.hs_models.training.config import ConfigError, TrainConfig, build, check_keys, coerce
-from comfyui_hs_diffusion.hs_models.training.data import (
-    DatasetError,
-    find_pairs,
-    read_layout_png,
-    save_layout_png,
-    write_procedural_dataset,
-)
-from comfyui_hs_diffusion.hs_models.training.distributed import ResumableDistributedSampler, epoch_order
-from comfyui_hs_diffusion.hs_models.training.trainer import lr_factor
 from hs_testing.training import (
     flags,
     ldm_settings,
@@ -31,6 +19,18 @@ from hs_testing.training import (
     write_random_first_stage,
     write_tiny_config,
 )
+from hs_training import checkpoint as ckpt
+from hs_training.cli import main, train
+from hs_training.config import ConfigError, TrainConfig, build, check_keys, coerce
+from hs_training.data import (
+    DatasetError,
+    find_pairs,
+    read_layout_png,
+    save_layout_png,
+    write_procedural_dataset,
+)
+from hs_training.distributed import ResumableDistributedSampler, epoch_order
+from hs_training.trainer import lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +115,9 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_config_file_then_flags_override_defaults(tmp_path):
-    from comfyui_hs_diffusion.hs_models.training.cli import resolve_settings
-    from comfyui_hs_diffusion.hs_models.training.config import read_config_file
-    from comfyui_hs_diffusion.hs_models.training.ldm import LDMTask
+    from hs_training.cli import resolve_settings
+    from hs_training.config import read_config_file
+    from hs_training.ldm import LDMTask
 
     path = tmp_path / "run.yaml"
     path.write_text("batch-size: 16\nlr: 2.0e-5\nlabel_set: canonical8\nflip: false\nbetas: [0.5, 0.9]\n")
@@ -185,8 +185,8 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(setup)
 
 
 def _initial_model(setup) -> dict:
-    from comfyui_hs_diffusion.hs_models.training.distributed import DistributedContext
-    from comfyui_hs_diffusion.hs_models.training.ldm import LDMOptions, LDMTask
+    from hs_training.distributed import DistributedContext
+    from hs_training.ldm import LDMOptions, LDMTask
 
     settings = _settings(setup, setup["root"] / "unused")
     options = build(LDMOptions, (settings, "test"))

@@ -1,17 +1,17 @@
 """The extension point of the training framework: a :class:`Task` says WHAT is trained, the
-:class:`~hs_models.training.trainer.Trainer` HOW (loop, DDP, precision, EMA, checkpoints, logs).
+:class:`~hs_training.trainer.Trainer` HOW (loop, DDP, precision, EMA, checkpoints, logs).
 
 A task is a subclass with
 
 * ``name`` (the subcommand), ``description`` (its help), ``Options`` (a dataclass of its own settings,
-  which become config keys and flags next to :class:`~hs_models.training.config.TrainConfig`'s) and
+  which become config keys and flags next to :class:`~hs_training.config.TrainConfig`'s) and
   ``defaults`` (its values for shared settings, e.g. ``{"lr": 1e-4, "ema_decay": 0.9999}``);
 * :meth:`architecture` (JSON-able; a checkpoint of another architecture is refused on resume);
 * :meth:`build_model`: ONE ``nn.Module`` whose ``forward(batch)`` returns ``(loss, stats)``. The trainer
   wraps it in DistributedDataParallel, so every gradient must flow through this forward; frozen parts
   (``requires_grad=False``) may live inside it;
 * :meth:`build_dataset`: a map-style dataset of dicts of tensors. Draw every random number of a sample
-  (augmentation, diffusion noise, …) from the generator that :class:`~hs_models.training.data.SeededDataset`
+  (augmentation, diffusion noise, …) from the generator that :class:`~hs_training.data.SeededDataset`
   hands over: it depends only on (seed, epoch, index), so a run is the same with 1 or N processes, with any
   number of loader workers, and when resumed;
 * :meth:`sample_grid` (an image for the run folder) and :meth:`export` (the file the pack's nodes load).

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ldm.config import FIRST_STAGE_PREFIX
-from ..ldm.vq import VQAutoencoder
+from hs_models.ldm.config import FIRST_STAGE_PREFIX
+from hs_models.ldm.vq import VQAutoencoder
+
 from .data import PairedFolder, SeededDataset
 from .ldm import VQ_METADATA_CONFIG, _vq_weights_from, load_into, load_model_config
 from .logs import image_grid

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..log import logger
+from hs_models.log import logger
+
 from .data import write_procedural_dataset
 from .task import Command
 

@@ -1,7 +1,7 @@
 """Process group set-up for ``torchrun`` and the deterministic, resumable data order.
 
-One process (``python -m hs_models.training …``) and many (``torchrun --nproc-per-node 8 -m
-hs_models.training …``, any number of nodes) run the same code: torchrun sets ``RANK``, ``LOCAL_RANK``
+One process (``python -m hs_training …``) and many (``torchrun --nproc-per-node 8 -m
+hs_training …``, any number of nodes) run the same code: torchrun sets ``RANK``, ``LOCAL_RANK``
 and ``WORLD_SIZE``, and the process group uses NCCL on GPUs and Gloo on the CPU.
 
 Data order (:class:`ResumableDistributedSampler`): each epoch is a seeded permutation of the dataset

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..labels import CANONICAL, UNKNOWN, convert_labels, get_label_set
-from ..layout import colorize
-from ..ldm import METADATA_CONFIG, METADATA_WEIGHTS, CheckpointError, read_ldm_checkpoint
-from ..ldm.checkpoint import load_state_dict, read_metadata
-from ..ldm.config import (
+from hs_models.labels import CANONICAL, UNKNOWN, convert_labels, get_label_set
+from hs_models.layout import colorize
+from hs_models.ldm import METADATA_CONFIG, METADATA_WEIGHTS, CheckpointError, read_ldm_checkpoint
+from hs_models.ldm.checkpoint import load_state_dict, read_metadata
+from hs_models.ldm.config import (
     FIRST_STAGE_PREFIX,
     LAYOUT_ENCODER_PREFIX,
     UNET_PREFIX,
@@ -43,11 +43,12 @@ from ..ldm.config import (
     linear_betas,
     read_config_file,
 )
-from ..ldm.convert import EMA_STATE_KEYS, ema_key, reinitialise_layout_encoder
-from ..ldm.rescaler import SpatialRescaler
-from ..ldm.unet import UNetModel
-from ..ldm.vq import VQAutoencoder
-from ..log import logger
+from hs_models.ldm.convert import EMA_STATE_KEYS, ema_key, reinitialise_layout_encoder
+from hs_models.ldm.rescaler import SpatialRescaler
+from hs_models.ldm.unet import UNetModel
+from hs_models.ldm.vq import VQAutoencoder
+from hs_models.log import logger
+
 from .config import ConfigError
 from .data import PairedFolder, SeededDataset
 from .logs import image_grid
@@ -350,7 +351,7 @@ def write_ldm_file(
         METADATA_CONFIG: config.to_json(),
         METADATA_WEIGHTS: "live",  # the model.diffusion_model.* weights; the model_ema.* copy is the EMA
         "hs_ldm_label_set": label_set,
-        "hs_ldm_source": "python -m hs_models.training ldm",
+        "hs_ldm_source": "python -m hs_training ldm",
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..labels import CANONICAL, UNKNOWN, LabelSet, get_label_set
-from ..log import logger
+from hs_models.labels import CANONICAL, UNKNOWN, LabelSet, get_label_set
+from hs_models.log import logger
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGES, LAYOUTS, DATASET_JSON = "images", "layouts", "dataset.json"
@@ -244,7 +244,7 @@ def render_layout(labels: torch.Tensor) -> torch.Tensor:
 
 def procedural_pair(seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A random half-body layout (hs_models.synthetic) at ``size``² and its rendering."""
-    from ..synthetic import Placement, draw_half_body, random_figure
+    from hs_models.synthetic import Placement, draw_half_body, random_figure
 
     generator = torch.Generator().manual_seed(seed)
 

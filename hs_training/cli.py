@@ -1,7 +1,7 @@
-"""``python -m hs_models.training <subcommand> [--config FILE] [--flag value …]`` (also under ``torchrun``).
+"""``python -m hs_training <subcommand> [--config FILE] [--flag value …]`` (also under ``torchrun``).
 
 Subcommands are listed in :data:`SUBCOMMANDS` as ``name → (module, class)`` and imported only when used.
-A :class:`~hs_models.training.task.Task` subclass trains; a :class:`~hs_models.training.task.Command`
+A :class:`~hs_training.task.Task` subclass trains; a :class:`~hs_training.task.Command`
 subclass does anything else (dataset preparation, evaluation). Adding one is one line here plus its module.
 """
 
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..log import logger
+from hs_models.log import logger
+
 from . import config as cfg
 from .checkpoint import ResumeError
 from .data import DatasetError
@@ -25,6 +26,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ldm": (".ldm", "LDMTask"),
     "autoencoder": (".autoencoder", "AutoencoderTask"),
     "synthetic": (".synthetic", "SyntheticDataCommand"),
+    "prepare": (".prepare", "PrepareCommand"),
+    "generator": (".generator", "GeneratorTask"),
+    "evaluate": (".generator", "EvaluateCommand"),
 }
 
 # Errors that are the user's to fix: printed as one message, no traceback.
@@ -67,9 +71,9 @@ def train(task_name: str, settings: dict[str, Any] | None = None, config_file: s
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m hs_models.training",
+        prog="python -m hs_training",
         description="Train and prepare the HS-Diffusion models (docs/training.md). Multi-GPU: "
-        "torchrun --nproc-per-node N -m hs_models.training <subcommand> ….",
+        "torchrun --nproc-per-node N -m hs_training <subcommand> ….",
     )
     parser.add_argument("subcommand", choices=sorted(SUBCOMMANDS))
     return parser
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as e:
         logger.error("%s", e)
         return 2
-    parser = argparse.ArgumentParser(prog=f"python -m hs_models.training {name}", description=command_cls.description)
+    parser = argparse.ArgumentParser(prog=f"python -m hs_training {name}", description=command_cls.description)
     try:
         if issubclass(command_cls, Task):
             parser.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings (flags override it)")

@@ -1,5 +1,5 @@
 """The training loop shared by every task: DDP, mixed precision, EMA, LR schedule, resumable checkpoints,
-progress bar, loss log and plot, sample grids and export (see :mod:`hs_models.training.task`)."""
+progress bar, loss log and plot, sample grids and export (see :mod:`hs_training.task`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..log import logger
+from hs_models.log import logger
+
 from . import checkpoint as ckpt
 from .config import LR_SCHEDULES, PRECISIONS, ConfigError, TrainConfig, to_jsonable
 from .distributed import DistributedContext, ResumableDistributedSampler, barrier, mean_over_processes

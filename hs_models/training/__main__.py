@@ -1,7 +1,0 @@
-"""``python -m hs_models.training <subcommand> …`` from the repository root (see docs/training.md)."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
