@@ -8,6 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import diffusion, layout_generator, layout_io, layout_stages, neck_align, parsing, paste_back, sampling, sources
 from .folders import register_model_folders
+from .ui_warnings import show_warnings_on_node
 
 register_model_folders()
 
@@ -22,6 +23,8 @@ NODES: list[type[io.ComfyNode]] = [
     *sampling.NODES,
     *paste_back.NODES,
 ]
+# every warning a node logs while it runs is also shown on the node in the UI
+NODES = [show_warnings_on_node(node) for node in NODES]
 
 
 class HeadSwapExtension(ComfyExtension):

@@ -152,12 +152,12 @@ def test_segformer_folder_through_the_nodes(pack_nodes, parsing_dir):
 def test_batches_run_in_chunks_with_progress(pack_nodes, tiny_segformer, monkeypatch):
     import comfy.utils
 
-    from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
+    from comfyui_hs_diffusion.nodes import face_parser
 
     images = torch.rand(3, 96, 64, 1)  # greyscale
     single = _parse(pack_nodes, tiny_segformer, images).result[0]
     calls = []
-    monkeypatch.setattr(parsing_nodes, "_MAX_CHUNK", 2)
+    monkeypatch.setattr(face_parser, "MAX_CHUNK", 2)
     monkeypatch.setattr(
         comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: calls.append((value, total))
     )
@@ -171,9 +171,9 @@ def test_chunks_follow_the_patchers_free_memory_where_comfyui_has_it(pack_nodes,
     sizes its batches by it; the parser does the same where the method exists (0.3.75: ``mm.get_free_memory``)."""
     import comfy.utils
 
-    from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
+    from comfyui_hs_diffusion.nodes import face_parser
 
-    per_image = parsing_nodes._bytes_per_image(tiny_segformer)
+    per_image = face_parser.bytes_per_image(tiny_segformer)
     asked = []
 
     def get_free_memory(device):
@@ -212,6 +212,9 @@ def test_photo_without_a_face_gives_an_empty_head_and_a_warning(pack_nodes, pars
         pack_nodes["HeadSwapParsingModelLoader"].execute(model_name="blank.safetensors", precision="auto").result[0]
     )
     with caplog.at_level(logging.WARNING, logger="comfyui_hs_diffusion"):
-        layout = _parse(pack_nodes, parser, torch.rand(1, 40, 40, 3), mode="auto").result[0]
+        out = _parse(pack_nodes, parser, torch.rand(1, 40, 40, 3), mode="auto")
+    layout = out.result[0]
     assert not torch.isin(layout.labels, HEAD).any()
     assert "no face found in image(s) 0 (batch index from 0) of 1" in caplog.text
+    # shown on the node too, next to its layout previews
+    assert out.ui["images"] and "no face found in image(s) 0" in out.ui["hs_warnings"][0]
