@@ -6,7 +6,7 @@ Model folders are registered when this package is imported (ComfyUI 0.3.75 never
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import diffusion, layout_io, layout_stages, neck_align, parsing, paste_back, sampling, sources
+from . import diffusion, layout_generator, layout_io, layout_stages, neck_align, parsing, paste_back, sampling, sources
 from .folders import register_model_folders
 from .ui_warnings import show_warnings_on_node
 
@@ -16,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     *layout_io.NODES,
     *neck_align.NODES,
     *layout_stages.NODES,
+    *layout_generator.NODES,
     *diffusion.NODES,
     *parsing.NODES,
     *sources.NODES,
