@@ -15,6 +15,7 @@ from ..hs_models.calibration import DEFAULT_LATENT_CELL, DEFAULT_MIN_REGION, cal
 from ..hs_models.inpainting import BACKENDS, inpaint_layout
 from ..hs_models.layout import SemanticLayout
 from .types import HeadSwapLayout
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/layout"
 
@@ -80,6 +81,10 @@ class HeadSwapLayoutBlend(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(
         cls,
         head_layout: SemanticLayout,
@@ -122,6 +127,10 @@ class HeadSwapLayoutInpaint(io.ComfyNode):
                 io.Mask.Output(display_name="filled_mask"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, layout: SemanticLayout, backend: str) -> io.NodeOutput:
@@ -174,6 +183,10 @@ class HeadSwapSemanticCalibration(io.ComfyNode):
                 io.Mask.Output(display_name="transition_mask"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(

@@ -8,9 +8,19 @@ from comfy_api.latest import io
 from ..hs_models.log import logger
 from ..hs_models.paste_back import BLEND_MODES, band_weight, paste_back, transfer_skin_tone
 from ._tensors import broadcast_batches
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
-_MAX_CROP = 64  # a VAE centre-crops less than one latent cell (≤ 64 px for every image VAE ComfyUI knows)
+# Downscale factors of the image VAEs ComfyUI knows (VQ-f4, SD/SDXL/Flux 8, 16 and 32 for the video and
+# cascade families, 64 as a margin): a VAE centre-crops to a multiple of its factor.
+_VAE_FACTORS = (2, 4, 8, 16, 32, 64)
+
+
+def is_vae_crop(size: tuple[int, int], canvas: tuple[int, int]) -> bool:
+    """Whether an (h, w) result is ``canvas`` centre-cropped to a multiple of one VAE factor: the crop a VAE
+    makes is less than one latent cell and the same factor on both sides, so the allowance grows with the
+    VAE's factor, not a fixed number of pixels."""
+    return any(tuple(side // f * f for side in canvas) == tuple(size) for f in _VAE_FACTORS)
 
 
 def _mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Tensor:
@@ -35,10 +45,11 @@ def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "re
     h, w = result.shape[1:3]
     if (h, w) == (height, width):
         return result
-    if not (0 <= height - h < _MAX_CROP and 0 <= width - w < _MAX_CROP):
+    if not is_vae_crop((h, w), (height, width)):
         raise ValueError(
             f"{name} is {w}×{h} but body_image is {width}×{height}; decode the latents sampled on this body image "
-            f"(Paste Back takes the decoded result at the canvas size, or VAE-cropped by less than 64 px)"
+            f"(Paste Back takes the decoded result at the canvas size, or as a VAE crops it: to a multiple of the "
+            f"VAE's downscale factor, less than one latent cell smaller)"
         )
     top, left = (height - h) // 2, (width - w) // 2
     canvas = body_image.expand(result.shape[0], -1, -1, -1).clone()
@@ -107,6 +118,10 @@ class HeadSwapPasteBack(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(

@@ -39,6 +39,7 @@ from ..hs_models.mixing import (
 from ._tensors import broadcast_batches
 from .sources import CANVAS_KEY
 from .types import HeadSwapMixSources
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
 
@@ -254,6 +255,7 @@ class SemanticMixGuider(comfy.samplers.CFGGuider):
             return super().sample(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed)
 
         device = self.model_patcher.load_device
+        comfy.model_management.throw_exception_if_processing_interrupted()  # the plan's dilations can take a while
         plan = MixPlan(keep.to(device), sigmas, self.schedule)
         self._run = _Run(plan, composite, sigmas, 0 if seed is None else int(seed))
         original_options = self.model_options
@@ -490,8 +492,8 @@ class HeadSwapSemanticMixingKSampler(io.ComfyNode):
         return io.NodeOutput(out)
 
     @classmethod
-    def validate_inputs(cls, fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-        return _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks)
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return _validate_options(cls, inputs)
 
 
 class HeadSwapSemanticMixGuider(io.ComfyNode):
@@ -530,12 +532,18 @@ class HeadSwapSemanticMixGuider(io.ComfyNode):
         return io.NodeOutput(guider)
 
     @classmethod
-    def validate_inputs(cls, fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-        return _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks)
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return _validate_options(cls, inputs)
 
 
-def _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-    """Check the schedule before the graph runs (linked values arrive as None and are checked at run time)."""
+def _validate_options(node_cls, inputs: dict) -> bool | str:
+    """Check the typed-in values and the schedule before the graph runs (linked values arrive as None and are
+    checked at run time)."""
+    checked = validate_schema_values(node_cls, inputs)
+    if checked is not True:
+        return checked
+    names = ("fusion_start", "fusion_end", "mask_dilation", "soft_masks")
+    fusion_start, fusion_end, mask_dilation, soft_masks = (inputs.get(n) for n in names)
     if None in (fusion_start, fusion_end, mask_dilation, soft_masks):
         return True
     try:
@@ -564,6 +572,10 @@ class HeadSwapMixSource(io.ComfyNode):
             ],
             outputs=[HeadSwapMixSources.Output(display_name="sources")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, latent, mask, sources=None) -> io.NodeOutput:
