@@ -141,7 +141,14 @@ class HeadSwapNeckAlign(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **inputs) -> bool | str:
-        return validate_schema_values(cls, inputs)
+        # poses typed into an API prompt (OpenPose JSON) are accepted as data and checked here
+        for name in ("head_pose", "body_pose"):
+            if inputs.get(name) is not None:
+                try:
+                    check_pose(inputs[name], name)
+                except ValueError as e:
+                    return str(e)
+        return validate_schema_values(cls, inputs, checked_by_node=("head_pose", "body_pose"))
 
     @classmethod
     def execute(
