@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
-from hs_testing.workflow import api_to_ui, ui_to_api  # noqa: E402
+from hs_testing.workflow import api_to_ui, strip_meta, ui_to_api  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     prompt = json.loads(args.api_prompt.read_text())
     workflow = api_to_ui(prompt, object_info)
     stripped = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
-    if ui_to_api(workflow, object_info) != stripped:
+    if strip_meta(ui_to_api(workflow, object_info)) != stripped:
         raise SystemExit("internal error: the UI workflow does not convert back to the API prompt")
     args.ui_workflow.write_text(json.dumps(workflow, indent=1) + "\n")
     print(f"wrote {args.ui_workflow} ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
