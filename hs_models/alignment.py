@@ -1,6 +1,6 @@
 """Neck alignment: the similarity that puts the head source's neck onto the body source's neck.
 
-method.md §4. The paper confirms that a "neck alignment" step exists but publishes no algorithm; the
+docs/method.md §4. The paper confirms that a "neck alignment" step exists but publishes no algorithm; the
 measurements, the two estimation modes and the clamps here are the project's [PROPOSAL]:
 
 * mode ``layout`` (A): from the two layouts. The chin is the lowest face row within the central half
@@ -36,7 +36,7 @@ from .log import logger
 from .morphology import as_numpy, class_mask_np, first_true_np, largest_component_np, last_true_np
 
 MODES = ("auto", "layout", "keypoints", "none")
-NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (method.md §4)
+NECK_FALLBACK_RATIO = 0.45  # neck width / face width when the neck is hidden (docs/method.md §4)
 _MIN_FACE_PIXELS = 16
 _NOSE, _NECK, _RIGHT_SHOULDER, _LEFT_SHOULDER = 0, 1, 2, 5
 
@@ -185,7 +185,7 @@ def _chin_line(bottoms: np.ndarray, chin_x: np.ndarray, face_width: np.ndarray, 
 
 
 def measure_neck(layout: SemanticLayout) -> NeckGeometry:
-    """Face and neck measurements of every image of a layout (method.md §4, mode A)."""
+    """Face and neck measurements of every image of a layout (docs/method.md §4, mode A)."""
     return _measure(as_numpy(layout.labels), layout.label_set)
 
 

@@ -1,6 +1,6 @@
 """Layout blending: the aligned head's labels over the body's, and the first head/body/transition masks.
 
-method.md §5. Confirmed by the paper's inference figure [FIG]: the head mask is the head source's hair
+docs/method.md §5. Confirmed by the paper's inference figure [FIG]: the head mask is the head source's hair
 and face (neck excluded); the body mask is the body source's clothes, minus its own hair and neck; the
 head is drawn over the body, so long hair may fall over the shoulders; the neck of both sources and the
 hair-shaped holes become the transition region that the layout generator fills. The erosions, the
@@ -30,9 +30,9 @@ from .labels import UNKNOWN
 from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, dilate_np, erode_np
 
-DEFAULT_HEAD_EROSION = 0.004  # method.md §5.2: round(0.004·R)
+DEFAULT_HEAD_EROSION = 0.004  # docs/method.md §5.2: round(0.004·R)
 DEFAULT_BODY_EROSION = 0.004
-DEFAULT_SEAM_BAND = 0.01  # method.md §5.2: round(0.01·R)
+DEFAULT_SEAM_BAND = 0.01  # docs/method.md §5.2: round(0.01·R)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class BlendResult:
 
 
 def pixels_for(fraction: float, height: int, width: int) -> float:
-    """A size given as a fraction of the shorter image side, in pixels (rounded as method.md §5.2)."""
+    """A size given as a fraction of the shorter image side, in pixels (rounded as docs/method.md §5.2)."""
     return float(round(fraction * min(height, width)))
 
 

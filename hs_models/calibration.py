@@ -1,8 +1,8 @@
-"""Semantic calibration: the final head/body/transition masks (method.md §7).
+"""Semantic calibration: the final head/body/transition masks (docs/method.md §7).
 
 The paper (v3) names a "semantic calibration strategy" that "adaptively inpaint[s] incomplete region
 and address[es] the occlusion and noise issues" [REPO], without a procedure. This is the project's
-[PROPOSAL] (method.md §7), given the completed layout L*, the body layout l2 and the blend's masks:
+[PROPOSAL] (docs/method.md §7), given the completed layout L*, the body layout l2 and the blend's masks:
 
 1. head = blend head mask where L* still has a head class; body = blend body mask where L* equals l2
    (pixels whose label the generator changed are regenerated, not copied);
@@ -28,7 +28,7 @@ from .layout import SemanticLayout
 from .morphology import as_numpy, class_mask_np, erode_square_np, remove_small_components_np
 
 DEFAULT_LATENT_CELL = 8  # SD-family VAEs downscale by 8; the paper's VQ-f4 by 4
-DEFAULT_MIN_REGION = 0.0005  # method.md §7: 0.05 % of the image
+DEFAULT_MIN_REGION = 0.0005  # docs/method.md §7: 0.05 % of the image
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Weight-free layout inpainting: fill the UNKNOWN holes of a blended layout (method.md §6.4).
+"""Weight-free layout inpainting: fill the UNKNOWN holes of a blended layout (docs/method.md §6.4).
 
-The paper fills the holes with a trained semantic layout generator (method.md §6.1). This backend
+The paper fills the holes with a trained semantic layout generator (docs/method.md §6.1). This backend
 needs no weights, so the pipeline runs before any generator is trained [PROPOSAL]:
 
 1. a neck is drawn into the holes under the jaw: from the bottom of the face down to the first known
    body or background pixel of each column (the collar), as a trapezoid whose width is
-   ``0.45 × face width`` at the chin and 1.1 times that at the collar line (method.md §4, §6.4);
+   ``0.45 × face width`` at the chin and 1.1 times that at the collar line (docs/method.md §4, §6.4);
 2. every other hole pixel takes the label of the nearest known pixel that is neither head nor neck
    (body classes or background: the body's old head area becomes background or clothes, never hair);
 3. a 5×5 mode filter smooths the filled pixels (head classes do not vote: the head stays the head
@@ -30,7 +30,7 @@ from .log import logger
 from .morphology import as_numpy, class_mask_np, first_true_np, nearest_label_fill_np
 
 BACKENDS = ("auto", "heuristic")
-NECK_FLARE = 1.1  # neck width at the collar / at the chin (method.md §6.4)
+NECK_FLARE = 1.1  # neck width at the collar / at the chin (docs/method.md §6.4)
 MODE_FILTER_SIZE = 5
 
 
@@ -38,11 +38,6 @@ MODE_FILTER_SIZE = 5
 class InpaintResult:
     layout: SemanticLayout  # no UNKNOWN left
     filled: torch.Tensor  # (B,H,W) bool: the pixels that were UNKNOWN
-
-
-def draw_neck(layout: SemanticLayout) -> torch.Tensor:
-    """(B,H,W) bool: the hole pixels that become neck, per image with a face; empty without one."""
-    return torch.from_numpy(_draw_neck(as_numpy(layout.labels), layout.label_set, measure_neck(layout)))
 
 
 def _draw_neck(labels: np.ndarray, label_set, geometry) -> np.ndarray:

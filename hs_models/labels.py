@@ -1,7 +1,7 @@
-"""Label sets of the semantic layouts (method.md §3).
+"""Label sets of the semantic layouts (docs/method.md §3).
 
-Every parser is mapped onto the *canonical* set (method.md §3.2, a project proposal); the
-``paper5`` preset reproduces the five classes and colours of the paper's figures (method.md §3.1).
+Every parser is mapped onto the *canonical* set (docs/method.md §3.2, a project proposal); the
+``paper5`` preset reproduces the five classes and colours of the paper's figures (docs/method.md §3.1).
 ``UNKNOWN`` marks holes that the layout generator must fill; it is never a model input class.
 """
 
@@ -77,7 +77,7 @@ def _groups(head: tuple[str, ...], neck: tuple[str, ...], body: tuple[str, ...])
     }
 
 
-# [PROPOSAL] method.md §3.2. The colours of the classes shared with paper5 are the paper's.
+# [PROPOSAL] docs/method.md §3.2. The colours of the classes shared with paper5 are the paper's.
 CANONICAL = LabelSet(
     name="canonical8",
     class_names=("background", "hair", "face", "neck", "clothes", "hat", "arms", "other"),
@@ -94,7 +94,7 @@ CANONICAL = LabelSet(
     groups=_groups(head=("hair", "face", "hat"), neck=("neck",), body=("clothes", "arms", "other")),
 )
 
-# [FIG] method.md §3.1: the five pixel-exact colours of the paper's figures (the ids are ours).
+# [FIG] docs/method.md §3.1: the five pixel-exact colours of the paper's figures (the ids are ours).
 PAPER5 = LabelSet(
     name="paper5",
     class_names=("background", "hair", "face", "neck", "clothes"),
@@ -104,7 +104,7 @@ PAPER5 = LabelSet(
 
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (CANONICAL, PAPER5)}
 
-# [PROPOSAL] method.md §3.2: hat joins hair, arms and other join clothes.
+# [PROPOSAL] docs/method.md §3.2: hat joins hair, arms and other join clothes.
 CANONICAL_TO_PAPER5 = {
     "background": "background",
     "hair": "hair",

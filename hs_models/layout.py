@@ -1,4 +1,4 @@
-"""The semantic layout: an integer label map plus the label set it is numbered in (method.md §3).
+"""The semantic layout: an integer label map plus the label set it is numbered in (docs/method.md §3).
 
 Label maps are ``(B,H,W)`` int64 tensors on the CPU; every value is a class id of the label set or
 ``UNKNOWN`` (a hole to be filled by the layout generator).

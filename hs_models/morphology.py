@@ -1,15 +1,14 @@
-"""Batched label and binary-mask operations for the layout stages (method.md §5–§7).
+"""Batched label and binary-mask operations for the layout stages (docs/method.md §5–§7).
 
 Layouts live on the CPU (the ``HEADSWAP_LAYOUT`` contract), so their per-pixel logic runs in numpy
 and OpenCV: each operation on a label map is a single serial pass. (Hundreds of small multi-threaded
 torch operations stall on every thread hand-over when the CPU is busy with anything else, which would
 make these model-free stages cost a visible fraction of a sampling step.) Round (Euclidean)
 structuring elements use OpenCV's exact distance transform, whose cost does not grow with the radius;
-square ones (the latent-cell erosion of method.md §7) use OpenCV's rectangle erosion. The image border
+square ones (the latent-cell erosion of docs/method.md §7) use OpenCV's rectangle erosion. The image border
 is never treated as background: masks are not eroded from the edge of the canvas, which is not a seam.
 
-The ``*_np`` functions take and return (B,H,W) numpy arrays; the others are torch wrappers that
-return tensors on the input's device.
+The functions take and return (B,H,W) numpy arrays; :func:`as_numpy` brings a CPU layout tensor there.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterable
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------
 # numpy / OpenCV
@@ -138,63 +136,3 @@ def nearest_label_fill_np(labels: np.ndarray, source: np.ndarray) -> np.ndarray:
         # DIST_LABEL_PIXEL numbers the zero (source) pixels 1..N in row-major order.
         out[i] = frame[src][nearest - 1]
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# torch wrappers
-# ----------------------------------------------------------------------------------------------
-
-
-def _wrap(fn: Callable[..., np.ndarray], tensor: torch.Tensor, *args) -> torch.Tensor:
-    return torch.from_numpy(fn(as_numpy(tensor), *args)).to(tensor.device)
-
-
-def class_mask(labels: torch.Tensor, class_ids: Iterable[int]) -> torch.Tensor:
-    """(B,H,W) bool: where ``labels`` is one of ``class_ids``."""
-    return _wrap(class_mask_np, labels, class_ids)
-
-
-def first_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Index of the first True along ``dim`` (int64); ``mask.shape[dim]`` where there is none."""
-    return _wrap(first_true_np, mask, dim).to(torch.int64)
-
-
-def last_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
-    """Index of the last True along ``dim`` (int64); -1 where there is none."""
-    return _wrap(last_true_np, mask, dim).to(torch.int64)
-
-
-def dilate(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    return _wrap(dilate_np, mask, radius)
-
-
-def erode(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    return _wrap(erode_np, mask, radius)
-
-
-def erode_square(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Square erosion; OpenCV for CPU masks, separable max-pools on other devices."""
-    if mask.device.type != "cpu" and radius > 0:
-        return _erode_square_torch(mask, radius)
-    return _wrap(erode_square_np, mask, radius)
-
-
-def _erode_square_torch(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """:func:`erode_square` with max-pools (their -inf padding ignores the outside of the canvas)."""
-    k = 2 * radius + 1
-    outside = (~mask)[:, None].to(torch.float32)
-    outside = F.max_pool2d(outside, (1, k), stride=1, padding=(0, radius))
-    outside = F.max_pool2d(outside, (k, 1), stride=1, padding=(radius, 0))
-    return outside[:, 0] == 0
-
-
-def remove_small_components(mask: torch.Tensor, min_area: int) -> torch.Tensor:
-    return _wrap(remove_small_components_np, mask, min_area)
-
-
-def largest_component(mask: torch.Tensor) -> torch.Tensor:
-    return _wrap(largest_component_np, mask)
-
-
-def nearest_label_fill(labels: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(nearest_label_fill_np(as_numpy(labels), as_numpy(source))).to(labels.device)

@@ -1,6 +1,6 @@
-"""Paste-back of a decoded head-swap result into the source images, and skin-tone matching (method.md §9.5).
+"""Paste-back of a decoded head-swap result into the source images, and skin-tone matching (docs/method.md §9.5).
 
-The decoder reproduces the preserved regions only approximately (VAE/VQ reconstruction, method.md §9.5), so
+The decoder reproduces the preserved regions only approximately (VAE/VQ reconstruction, docs/method.md §9.5), so
 the final image takes every fully kept pixel from its source image and only the *transition band* (pixels no
 source keeps fully) from the decoded result. The seam is softened inside the band, never outside it:
 ``feathered`` ramps each source's weight down over ``feather`` px into the band (or to the band's midline

@@ -5,8 +5,8 @@ is described in a 512×512 reference frame and drawn onto any canvas through a k
 transform (scale and rotation about the chin, then a shift). Because every shape is an implicit
 function evaluated at the pixel centres, any placement rasterises exactly, in one vectorised pass.
 
-Used by the tests (neck alignment must recover a known shift and scale, method.md §4 tests) and meant
-for the layout-generator training data (method.md §6.3), which needs clean layouts to corrupt.
+Used by the tests (neck alignment must recover a known shift and scale, docs/method.md §4 tests) and meant
+for the layout-generator training data (docs/method.md §6.3), which needs clean layouts to corrupt.
 Coordinates: pixel centres sit at integer (x, y); x to the right, y down. [PROPOSAL]
 """
 

@@ -1,4 +1,4 @@
-"""Loader and layout conditioning of the semantic-mixing LDM (method.md §8, comfyui.md §8–§9)."""
+"""Loader and layout conditioning of the semantic-mixing LDM (docs/method.md §8, comfyui.md §8–§9)."""
 
 from __future__ import annotations
 

@@ -10,14 +10,13 @@ UNet and the autoencoder are explicit here (comfyui.md §8–§9):
 * :class:`HeadSwapDiffusionModel` (``BaseModel``): the UNet is built from ComfyUI's ``comfy.ops``
   (casting, low-VRAM offloading, DynamicVRAM) and the layout encoder τ_θ lives in the same module, so it
   loads and offloads with the MODEL. The layout arrives as the ``hs_layout`` conditioning entry and
-  becomes ``c_concat`` once per sampling run (method.md §8.1: s = τ_θ(L) ⊕ z_t at every step).
+  becomes ``c_concat`` once per sampling run (docs/method.md §8.1: s = τ_θ(L) ⊕ z_t at every step).
 * :class:`HeadSwapVQVAE` (``comfy.sd.VAE``): core VAE Encode/Decode (and the tiled variants) run the VQ
   autoencoder; encode gives the pre-quantisation latent, decode snaps to the codebook first.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import comfy.latent_formats
@@ -45,6 +44,7 @@ from ..hs_models.ldm import (
 from ..hs_models.ldm.config import LAYOUT_ENCODER_PREFIX
 from ..hs_models.ldm.convert import METADATA_TENSOR_KEY, metadata_to_tensor
 from ..hs_models.log import logger
+from . import compat
 
 LAYOUT_KEY = "hs_layout"  # conditioning entry: a SemanticLayout
 UNKNOWN_POLICY_KEY = "hs_unknown_labels"  # conditioning entry: "error" or "zeros"
@@ -59,9 +59,9 @@ VAE_MEMORY_PER_PIXEL = 20
 
 
 class HeadSwapLatentFormat(comfy.latent_formats.LatentFormat):
-    """The VQ-f4 latent: 3 channels, scale factor 1.0 (method.md §8.2).
+    """The VQ-f4 latent: 3 channels, scale factor 1.0 (docs/method.md §8.2).
 
-    Preview colours [PROPOSAL]: the VQ-f4 latent is an RGB-like map in about −1..1 (method.md §8.2), so
+    Preview colours [PROPOSAL]: the VQ-f4 latent is an RGB-like map in about −1..1 (docs/method.md §8.2), so
     Latent2RGB previews show it as RGB directly (identity factors).
     """
 
@@ -122,7 +122,7 @@ class HeadSwapDiffusionConfig(comfy.supported_models_base.BASE):
 
 
 class HeadSwapDiffusionModel(comfy.model_base.BaseModel):
-    """ε_θ(z_t ⊕ τ_θ(L), t) with τ_θ inside the model (method.md §8.1)."""
+    """ε_θ(z_t ⊕ τ_θ(L), t) with τ_θ inside the model (docs/method.md §8.1)."""
 
     def __init__(self, model_config: HeadSwapDiffusionConfig, device=None):
         built: dict = {}
@@ -183,7 +183,7 @@ class HeadSwapDiffusionModel(comfy.model_base.BaseModel):
 def encode_layout(
     encoder: SpatialRescaler, layout: SemanticLayout, latent_shape, vae_factor: int, unknown: str
 ) -> torch.Tensor:
-    """s = τ_θ(one-hot layout) at the latent's resolution, (B_layout, 3, h, w) float32 (method.md §8.2).
+    """s = τ_θ(one-hot layout) at the latent's resolution, (B_layout, 3, h, w) float32 (docs/method.md §8.2).
 
     The label map is resized (nearest) to the latent size × ``vae_factor`` when it differs, which keeps
     labels integral; the aspect ratios must agree. UNKNOWN pixels are an error, or with
@@ -285,19 +285,6 @@ class HeadSwapVQVAE(comfy.sd.VAE):
 # ------------------------------------------------------------------------------------------------
 
 
-def _patcher_class():
-    # newer ComfyUI swaps CoreModelPatcher for ModelPatcherDynamic at start-up; look it up at call time
-    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-
-
-def _assign_kwargs(function, patcher) -> dict:
-    """``assign=`` for DynamicVRAM on ComfyUI versions whose loaders take it (not on 0.3.75)."""
-    if "assign" not in inspect.signature(function).parameters:
-        return {}
-    is_dynamic = getattr(patcher, "is_dynamic", None)
-    return {"assign": bool(is_dynamic()) if callable(is_dynamic) else False}
-
-
 def _weight_dtype(state_dict: dict) -> torch.dtype:
     dtypes = [v.dtype for v in state_dict.values() if v.is_floating_point()]
     return max(set(dtypes), key=dtypes.count)
@@ -319,13 +306,13 @@ def build_model(checkpoint: LDMCheckpoint, weight_dtype: str = "default") -> com
     config.set_inference_dtype(dtype, manual_cast)
     model = config.get_model({}, "")
     model.unet_weights = checkpoint.weights
-    patcher = _patcher_class()(model, load_device=load_device, offload_device=offload_device)
+    patcher = compat.patcher_class()(model, load_device=load_device, offload_device=offload_device)
     if not mm.is_device_cpu(offload_device):
         model.to(offload_device)
-    model.load_model_weights(unet_sd, "", **_assign_kwargs(model.load_model_weights, patcher))
+    model.load_model_weights(unet_sd, "", **compat.assign_kwargs(model.load_model_weights, patcher))
     layout_sd = {k: v.to(dtype) for k, v in checkpoint.layout_encoder.items()}
     model.layout_encoder.load_state_dict(
-        layout_sd, strict=True, **_assign_kwargs(torch.nn.Module.load_state_dict, patcher)
+        layout_sd, strict=True, **compat.assign_kwargs(torch.nn.Module.load_state_dict, patcher)
     )
     return patcher
 

@@ -295,7 +295,7 @@ class HeadSwapConvertLayout(io.ComfyNode):
             description=(
                 "Renumbers a layout into another label set, e.g. the pack's canonical8 layouts into the paper's "
                 "paper5 classes for a diffusion model trained on them: hat joins hair, arms and other join clothes "
-                "(method.md §3.2). UNKNOWN pixels stay UNKNOWN. A layout already in the chosen set passes unchanged."
+                "(docs/method.md §3.2). UNKNOWN pixels stay UNKNOWN. A layout already in the chosen set passes unchanged."
             ),
             inputs=[
                 HeadSwapLayout.Input("layout"),

@@ -1,4 +1,4 @@
-"""Layout blending, layout inpainting and semantic calibration nodes (method.md §5–§7).
+"""Layout blending, layout inpainting and semantic calibration nodes (docs/method.md §5–§7).
 
 Masks follow the pack's convention, shared with the sampler: (B,H,W) float32 at image resolution;
 head = 1 where the head source is kept, body = 1 where the body source is kept, transition = 1 where

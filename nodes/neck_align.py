@@ -1,4 +1,4 @@
-"""Neck alignment node: scale and move the head photo so its neck meets the body's (method.md §4)."""
+"""Neck alignment node: scale and move the head photo so its neck meets the body's (docs/method.md §4)."""
 
 from __future__ import annotations
 

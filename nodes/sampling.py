@@ -1,348 +1,28 @@
-"""The semantic-mixing sampler (method.md §9): a KSampler node, a GUIDER for SamplerCustomAdvanced, and a
-chainable list of further sources.
-
-No sampling loop of our own (comfyui.md §7): the nodes run ComfyUI's samplers, schedulers, previews,
-progress bar and interrupts. Shared noise is ComfyUI's own ``noise_mask`` inpainting path (composite latent +
-denoise mask, bit for bit); fresh noise per step (the paper's q-sample at every step) re-noises the sources
-inside ``CFGGuider.predict_noise``; schedules that change the masks with the noise level use the
-``denoise_mask_function`` hook or the same guider step.
+"""The semantic-mixing sampler nodes (docs/method.md §9): a KSampler, a GUIDER for SamplerCustomAdvanced, and a
+chainable list of further sources. The guider they build lives in nodes/semantic_mix_guider.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import comfy.model_management
-import comfy.model_patcher
 import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
-import node_helpers
 import torch
 from comfy_api.latest import io
 
-from ..hs_models.log import logger
-from ..hs_models.mixing import (
-    NOISE_MODES,
-    SOFT_MASK_MODES,
-    MixPlan,
-    MixSchedule,
-    fuse_final,
-    keep_mask_to_latent,
-    layer_sources,
-    mix_input,
-    mix_output,
-    parse_dilation_schedule,
-    step_noise,
-)
-from ._tensors import broadcast_batches
+from ..hs_models.mixing import NOISE_MODES, SOFT_MASK_MODES, MixOptions
+from .semantic_mix_guider import MixSource, as_mask, build_guider
 from .sources import CANVAS_KEY
 from .types import HeadSwapMixSources
 from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
-
-
-@dataclass(frozen=True)
-class MixSource:
-    """One further source: raw latent (B,C,h,w), keep mask (B,H,W) and a name for messages."""
-
-    latent: torch.Tensor
-    mask: torch.Tensor
-    name: str
-
-
-@dataclass(frozen=True)
-class SourceSet:
-    """Validated sources on one latent canvas, bottom layer first: latents (B,C,h,w), keeps (B,1,h,w)."""
-
-    latents: tuple[torch.Tensor, ...]
-    keeps: tuple[torch.Tensor, ...]
-    names: tuple[str, ...]
-
-    @property
-    def batch(self) -> int:
-        return self.latents[0].shape[0]
-
-    @property
-    def channels(self) -> int:
-        return self.latents[0].shape[1]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return tuple(self.latents[0].shape[-2:])
-
-    def layered(self, init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(composite, keep) over a (B,C,h,w) init latent; the sources' batch must be 1 or B."""
-        batch = init.shape[0]
-        if self.batch not in (1, batch):
-            raise ValueError(
-                f"the latent to sample has batch {batch} but the sources have batch {self.batch}; give the "
-                f"sampler a latent of batch {self.batch} (e.g. the body latent) or sources of batch 1"
-            )
-        latents = [t.expand(batch, *t.shape[1:]).to(init) for t in self.latents]
-        keeps = [t.expand(batch, *t.shape[1:]).to(init) for t in self.keeps]
-        return layer_sources(latents, keeps, init)
-
-
-def _as_mask(mask: torch.Tensor, name: str) -> torch.Tensor:
-    if mask.ndim == 2:
-        mask = mask.unsqueeze(0)
-    if mask.ndim == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.ndim != 3:
-        raise ValueError(f"{name} must be a MASK (B,H,W), got shape {tuple(mask.shape)}")
-    return mask.to(torch.float32)
-
-
-def collect_sources(
-    head_latent: dict,
-    head_mask: torch.Tensor,
-    body_latent: dict,
-    body_mask: torch.Tensor,
-    sources: tuple[MixSource, ...] | None,
-    model_channels: int | None,
-) -> SourceSet:
-    """Check every source against the others and the MODEL, before any sampling; body first, head over it.
-
-    Masks may be at latent size or at a whole multiple of it (the image size): then a latent cell is kept
-    only where every pixel under it is kept.
-    """
-    entries = [("body_latent", body_latent["samples"], "body_mask", body_mask)]
-    entries.append(("head_latent", head_latent["samples"], "head_mask", head_mask))
-    for source in sources or ():
-        entries.append((f"{source.name} latent", source.latent, f"{source.name} mask", source.mask))
-    for latent_name, latent, _, _ in entries:
-        if getattr(latent, "is_nested", False) or latent.ndim != 4:
-            raise ValueError(
-                f"{latent_name} has shape {tuple(latent.shape)}; the semantic-mixing sampler works on image "
-                f"latents (B,C,h,w)"
-            )
-    base_name, base = entries[0][0], entries[0][1]
-    h, w = base.shape[-2:]
-    for latent_name, latent, _, _ in entries[1:]:
-        if latent.shape[-2:] != base.shape[-2:]:
-            raise ValueError(
-                f"latents of different sizes: {base_name} is {w}×{h} and {latent_name} is "
-                f"{latent.shape[-1]}×{latent.shape[-2]} (latent cells); encode all sources on one canvas, e.g. "
-                f"with Encode Sources (HeadSwap) after aligning the head onto the body image"
-            )
-        if latent.shape[1] != base.shape[1]:
-            raise ValueError(
-                f"{base_name} has {base.shape[1]} channels but {latent_name} has {latent.shape[1]}; encode every "
-                f"source with the same VAE"
-            )
-    if model_channels is not None and base.shape[1] != model_channels:
-        raise ValueError(
-            f"the source latents have {base.shape[1]} channels but the MODEL works on {model_channels}-channel "
-            f"latents; encode the images with the VAE that belongs to this MODEL"
-        )
-    latents, keeps, named = [], [], []
-    for latent_name, latent, mask_name, mask in entries:
-        mask = _as_mask(mask, mask_name)
-        mh, mw = mask.shape[-2:]
-        if (mh, mw) != (h, w) and (mh % h or mw % w or mh // h != mw // w):
-            raise ValueError(
-                f"{mask_name} is {mw}×{mh} but the latent canvas is {w}×{h} cells; give the mask at the latent "
-                f"size or at a whole multiple of it (the size of the encoded image)"
-            )
-        latents.append((latent_name, latent.to(torch.float32)))
-        keeps.append((mask_name, keep_mask_to_latent(mask.clamp(0.0, 1.0), (h, w)).unsqueeze(1)))
-        named.append(latent_name.removesuffix("_latent").removesuffix(" latent"))
-    expand = broadcast_batches(*latents, *keeps)
-    return SourceSet(tuple(expand[: len(latents)]), tuple(expand[len(latents) :]), tuple(named))
-
-
-def is_inpainting_model(model) -> bool:
-    """9-channel SD-style inpainting models take (mask, masked image) as extra input channels."""
-    return "masked_image" in getattr(model.model, "concat_keys", ())
-
-
-def inpaint_conditioning(model, positive, negative, canvas, sources: SourceSet):
-    """Set an inpainting MODEL's concat inputs as core's InpaintModelConditioning does; others unchanged.
-
-    The masked image is the encoded grey-transition canvas from Encode Sources; the mask is the transition.
-    Conditioning that already carries ``concat_latent_image`` (InpaintModelConditioning upstream) is kept.
-    """
-    if not is_inpainting_model(model):
-        return positive, negative
-    if all("concat_latent_image" in c[1] for c in positive + negative):
-        return positive, negative
-    zeros = torch.zeros_like(sources.latents[0])
-    composite, keep = sources.layered(zeros)
-    if canvas is not None:
-        masked_image = canvas.encode()
-        if tuple(masked_image.shape[-2:]) != sources.size:
-            raise ValueError(
-                f"the inpainting canvas from Encode Sources encodes to {masked_image.shape[-1]}×"
-                f"{masked_image.shape[-2]} cells but the latents are {sources.size[1]}×{sources.size[0]}; encode "
-                f"the sources and the canvas in the same Encode Sources node"
-            )
-    else:
-        logger.warning(
-            "The MODEL is an inpainting model but the source latents do not come from Encode Sources (HeadSwap); "
-            "its masked-image input uses the latent composite instead (an approximation)."
-        )
-        masked_image = composite
-    values = {"concat_latent_image": masked_image, "concat_mask": 1.0 - keep}
-    return (
-        node_helpers.conditioning_set_values(positive, values),
-        node_helpers.conditioning_set_values(negative, values),
-    )
-
-
-@dataclass
-class _Run:
-    """State of one sampling run of a :class:`SemanticMixGuider`."""
-
-    plan: MixPlan
-    composite: torch.Tensor  # raw latent space, (B,C,h,w)
-    sigmas: torch.Tensor
-    seed: int
-    composite_in: torch.Tensor | None = None  # model space, on the sampling device
-    noise_step: int = -1
-    noise: torch.Tensor | None = None
-
-
-class SemanticMixGuider(comfy.samplers.CFGGuider):
-    """CFG guidance with semantic mixing of source latents (method.md §9.3).
-
-    ``latent_image`` given to :meth:`sample` is where the transition region starts from (zeros: pure noise,
-    as in the paper); its size must be the sources' canvas.
-    """
-
-    def __init__(
-        self,
-        model_patcher,
-        sources: SourceSet,
-        noise_mode: str = "shared",
-        schedule: MixSchedule | None = None,
-        final_fusion: bool = True,
-        batch_index: list[int] | None = None,
-    ):
-        super().__init__(model_patcher)
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        self.sources = sources
-        self.noise_mode = noise_mode
-        self.schedule = schedule or MixSchedule()
-        self.final_fusion = final_fusion
-        self.batch_index = batch_index
-        self._run: _Run | None = None
-
-    def sample(
-        self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
-    ):
-        if getattr(latent_image, "is_nested", False) or latent_image.ndim != 4:
-            raise ValueError(f"the latent to sample has shape {tuple(latent_image.shape)}; expected (B,C,h,w)")
-        if tuple(latent_image.shape[-2:]) != self.sources.size or latent_image.shape[1] != self.sources.channels:
-            h, w = self.sources.size
-            raise ValueError(
-                f"the latent to sample is {latent_image.shape[-1]}×{latent_image.shape[-2]} cells with "
-                f"{latent_image.shape[1]} channels but the sources are {w}×{h} with {self.sources.channels}; give "
-                f"the sampler a latent of the sources' canvas (e.g. the body latent or an empty latent of that size)"
-            )
-        if denoise_mask is not None:
-            logger.warning(
-                "The latent's noise_mask is ignored: the semantic-mixing guider takes its masks from the sources."
-            )
-        composite, keep = self.sources.layered(latent_image.to(torch.float32))
-        if self.final_fusion and bool((keep >= 1.0).all()):
-            logger.info("Every latent cell is kept: the semantic-mixing sampler returns the sources unchanged.")
-            return composite
-        if not bool((keep > 0).any()):
-            return super().sample(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed)
-
-        device = self.model_patcher.load_device
-        comfy.model_management.throw_exception_if_processing_interrupted()  # the plan's dilations can take a while
-        plan = MixPlan(keep.to(device), sigmas, self.schedule)
-        self._run = _Run(plan, composite, sigmas, 0 if seed is None else int(seed))
-        original_options = self.model_options
-        try:
-            if self.noise_mode == "shared":
-                if not self.schedule.is_static:
-                    self.model_options = comfy.model_patcher.create_model_options_clone(original_options)
-                    self.model_options["denoise_mask_function"] = self._mask_function(
-                        original_options.get("denoise_mask_function")
-                    )
-                samples = super().sample(noise, composite, sampler, sigmas, 1.0 - keep, callback, disable_pbar, seed)
-            else:
-                samples = super().sample(noise, composite, sampler, sigmas, None, callback, disable_pbar, seed)
-        finally:
-            self.model_options = original_options
-            self._run = None
-        if self.final_fusion:
-            samples = fuse_final(samples, composite.to(samples), plan.final_keep.to(samples))
-        return samples
-
-    def _mask_function(self, previous):
-        """``denoise_mask_function`` for shared noise with a schedule: the plan's mask at σ, then ``previous``."""
-        plan = self._run.plan
-
-        def mask_at_sigma(sigma, denoise_mask, extra_options, **kwargs):
-            transition = plan.transition(sigma)
-            mask = torch.ones_like(denoise_mask) if transition is None else transition.to(denoise_mask)
-            return mask if previous is None else previous(sigma, mask, extra_options)
-
-        return mask_at_sigma
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 (core's signature)
-        run = self._run
-        if run is None or self.noise_mode == "shared":
-            return super().predict_noise(x, timestep, model_options, seed)
-        transition = run.plan.transition(timestep)
-        previous = model_options.get("denoise_mask_function")
-        if transition is not None and previous is not None:
-            transition = previous(timestep, transition, {"model": self, "sigmas": run.sigmas})
-        if transition is None:
-            return super().predict_noise(x, timestep, model_options, seed)
-        transition = transition.to(x)
-        composite = self._composite_in(run, x)
-        # core KSamplerX0Inpaint's keywords (newer ComfyUI adds denoise_mask; all overrides accept **kwargs)
-        known = self.inner_model.scale_latent_inpaint(
-            x=x, sigma=timestep, noise=self._fresh_noise(run, run.plan.step_of(timestep), x), latent_image=composite,
-            denoise_mask=transition,
-        )  # fmt: skip
-        denoised = super().predict_noise(mix_input(x, transition, known), timestep, model_options, seed)
-        return mix_output(denoised, transition, composite)
-
-    def _composite_in(self, run: _Run, x: torch.Tensor) -> torch.Tensor:
-        if run.composite_in is None:
-            composite = run.composite.to(x)
-            # As CFGGuider.inner_sample: an all-zero latent is not shifted into model space.
-            if torch.count_nonzero(composite) > 0:
-                composite = self.inner_model.process_latent_in(composite)
-            run.composite_in = composite
-        return run.composite_in
-
-    def _fresh_noise(self, run: _Run, step: int, x: torch.Tensor) -> torch.Tensor:
-        if run.noise_step != step:
-            index = self.batch_index if self.batch_index and len(self.batch_index) == x.shape[0] else None
-            run.noise = step_noise(run.seed, step, x.shape, index).to(x)
-            run.noise_step = step
-        return run.noise
-
-
-def mix_schedule(fusion_start: float, fusion_end: float, mask_dilation: str, soft_masks: str) -> MixSchedule:
-    return MixSchedule(fusion_start, fusion_end, parse_dilation_schedule(mask_dilation), soft_masks)
-
-
-def build_guider(
-    model, positive, negative, cfg, head_latent, head_mask, body_latent, body_mask, sources,
-    noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion,
-) -> SemanticMixGuider:  # fmt: skip
-    """Validate everything, set up inpainting inputs, and return a ready guider (no sampling yet)."""
-    schedule = mix_schedule(fusion_start, fusion_end, mask_dilation, soft_masks)
-    channels = model.get_model_object("latent_format").latent_channels
-    source_set = collect_sources(head_latent, head_mask, body_latent, body_mask, sources, channels)
-    canvas = body_latent.get(CANVAS_KEY) or head_latent.get(CANVAS_KEY)
-    positive, negative = inpaint_conditioning(model, positive, negative, canvas, source_set)
-    batch_index = body_latent.get("batch_index")
-    guider = SemanticMixGuider(model, source_set, noise_mode, schedule, final_fusion, batch_index)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
-    return guider
+CFG_TOOLTIP = (
+    "Classifier-free guidance. SD-family models: as with the core KSampler (5–8). The semantic-mixing LDM: 1.0; its "
+    "negative carries the same layout as its positive, so higher values give the same result at twice the time."
+)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -370,9 +50,12 @@ def _option_inputs() -> list:
             "noise_mode",
             options=list(NOISE_MODES),
             default="shared",
-            tooltip="shared: the sources are re-noised with the run's initial noise at every step (exactly "
-            "ComfyUI's latent noise-mask inpainting). fresh: a new noise draw every step, as the paper's "
-            "q-sampling (the same draw for every source).",
+            tooltip="How the kept sources are re-noised before every model call. shared: with the run's initial "
+            "noise (the seed's noise; the ddim sampler draws it from seed + 1, as core does): exactly ComfyUI's "
+            "latent noise-mask inpainting. fresh: a new draw every step, the same draw for every source (the "
+            "paper's q-sampling); every model call of one step (Heun, DPM-2, …) sees that step's draw and mask. "
+            "Use fresh with ddim/euler for the paper's sampler: multistep samplers (dpmpp_2m/3m, uni_pc, deis, "
+            "ipndm) carry the step-to-step change of the fresh draw near the seam on in their history.",
         ),
         io.Float.Input(
             "fusion_start",
@@ -402,9 +85,11 @@ def _option_inputs() -> list:
             "soft_masks",
             options=list(SOFT_MASK_MODES),
             default="blend",
-            tooltip="How grey mask values (calibration bands) act. blend: a keep value v mixes source and "
-            "generation by v at every step. by noise level: v is the fraction of the steps during which that "
-            "pixel is kept, so soft bands are fixed early and harmonised late.",
+            tooltip="How grey mask values (calibration bands, feathered edges) act. blend: a keep value v mixes "
+            "source and generation by v at every step; with fresh noise the source's noise is scaled so the grey "
+            "band stays at the step's noise level. by noise level: a keep value v keeps that cell for the first "
+            "fraction v of the steps (thresholds v against the step's position), then generates it, so soft bands "
+            "are fixed early and harmonised late; cells with v = 1 are always kept.",
         ),
         io.Boolean.Input(
             "final_fusion",
@@ -448,7 +133,15 @@ class HeadSwapSemanticMixingKSampler(io.ComfyNode):
                 *_mixing_inputs(),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
                 io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Float.Input(
+                    "cfg",
+                    default=8.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip=CFG_TOOLTIP,
+                ),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
                 io.Float.Input(
@@ -471,10 +164,10 @@ class HeadSwapSemanticMixingKSampler(io.ComfyNode):
         sampler_name, scheduler, denoise, noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks,
         final_fusion, sources=None,
     ) -> io.NodeOutput:  # fmt: skip
+        options = MixOptions.from_widgets(noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion)
         guider = build_guider(
-            model, positive, negative, cfg, head_latent, head_mask, body_latent, body_mask, sources,
-            noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion,
-        )  # fmt: skip
+            model, positive, negative, cfg, head_latent, head_mask, body_latent, body_mask, sources, options
+        )
         body = guider.sources.latents[0]
         init = torch.zeros_like(body) if denoise >= 0.9999 else body.clone()
         noise = comfy.sample.prepare_noise(init, seed, guider.batch_index)
@@ -514,7 +207,15 @@ class HeadSwapSemanticMixGuider(io.ComfyNode):
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
                 *_mixing_inputs(),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Float.Input(
+                    "cfg",
+                    default=8.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip=CFG_TOOLTIP,
+                ),
                 *_option_inputs(),
             ],
             outputs=[io.Guider.Output(display_name="guider")],
@@ -525,10 +226,10 @@ class HeadSwapSemanticMixGuider(io.ComfyNode):
         cls, model, positive, negative, head_latent, head_mask, body_latent, body_mask, cfg, noise_mode,
         fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion, sources=None,
     ) -> io.NodeOutput:  # fmt: skip
+        options = MixOptions.from_widgets(noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion)
         guider = build_guider(
-            model, positive, negative, cfg, head_latent, head_mask, body_latent, body_mask, sources,
-            noise_mode, fusion_start, fusion_end, mask_dilation, soft_masks, final_fusion,
-        )  # fmt: skip
+            model, positive, negative, cfg, head_latent, head_mask, body_latent, body_mask, sources, options
+        )
         return io.NodeOutput(guider)
 
     @classmethod
@@ -547,7 +248,9 @@ def _validate_options(node_cls, inputs: dict) -> bool | str:
     if None in (fusion_start, fusion_end, mask_dilation, soft_masks):
         return True
     try:
-        mix_schedule(fusion_start, fusion_end, mask_dilation, soft_masks)
+        MixOptions.from_widgets(
+            fusion_start=fusion_start, fusion_end=fusion_end, mask_dilation=mask_dilation, soft_masks=soft_masks
+        )
     except ValueError as e:
         return str(e)
     return True
@@ -580,7 +283,7 @@ class HeadSwapMixSource(io.ComfyNode):
     @classmethod
     def execute(cls, latent, mask, sources=None) -> io.NodeOutput:
         chain = tuple(sources or ())
-        source = MixSource(latent["samples"], _as_mask(mask, "mask"), f"source {len(chain) + 1}")
+        source = MixSource(latent["samples"], as_mask(mask, "mask"), f"source {len(chain) + 1}")
         return io.NodeOutput((*chain, source))
 
 

@@ -14,14 +14,14 @@
 ``POSE_KEYPOINT`` is the OpenPose JSON that pose-estimator packs (ControlNet aux, DWPose) output: a list
 with one ``{"people": [{"pose_keypoints_2d": [x, y, c, …]}], "canvas_width", "canvas_height"}`` per image.
 
-``HEADSWAP_PARSER`` carries a :class:`nodes.parsing.FaceParser`:
+``HEADSWAP_PARSER`` carries a :class:`nodes.face_parser.FaceParser`:
     patcher    a ModelPatcher whose ``.model`` is a :class:`hs_models.parsing.FaceParsingNetwork`
                ((B,3,S,S) RGB 0..1 → (B,S,S) int64 canonical8 labels; ``logits`` gives raw class scores)
     name       file name in the headswap_parsing folder
     kind       "BiSeNet" or "SegFormer"
     dtype      compute dtype of the weights
 
-``HEADSWAP_MIX_SOURCES`` carries a tuple of :class:`nodes.sampling.MixSource` (further sources for the
+``HEADSWAP_MIX_SOURCES`` carries a tuple of :class:`nodes.semantic_mix_guider.MixSource` (further sources for the
 semantic-mixing sampler, layered over the head and body in chain order):
     latent     (B,C,h,w) float raw latent (as VAEEncode returns it)
     mask       (B,H,W) float keep mask, 1 where this source is kept; at latent size or a whole multiple of it

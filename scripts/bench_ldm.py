@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One denoising step of the full-size semantic-mixing LDM: through ComfyUI vs the bare UNet module.
 
-The model is LDM semantic-synthesis size (method.md §8.4: model_channels 128, channel_mult [1,4,8], 2 res
+The model is LDM semantic-synthesis size (docs/method.md §8.4: model_channels 128, channel_mult [1,4,8], 2 res
 blocks, 8 heads; about 215 M UNet parameters) with random weights. For each image size the same inputs
 go through
 

@@ -69,6 +69,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from comfyui_hs_diffusion.hs_models.parsing.bisenet import BiSeNet
+    from comfyui_hs_diffusion.nodes import face_parser as face_parser_module
     from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
 
     models = Path(tempfile.mkdtemp(prefix="bench_parsing_"))
@@ -87,7 +88,7 @@ def main() -> None:
         save_file(BiSeNet().state_dict(), str(models / "bisenet.safetensors"))
         name = "bisenet.safetensors"
 
-    face_parser = parsing_nodes.load_face_parser(name, "auto")
+    face_parser = face_parser_module.load_face_parser(name, "auto")
     node = parsing_nodes.HeadSwapFaceParse
     network = face_parser.network
     device = face_parser.patcher.load_device

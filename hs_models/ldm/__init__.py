@@ -1,7 +1,7 @@
-"""The semantic-mixing latent diffusion model (method.md §8): UNet ε_θ, VQ-f4 autoencoder, layout encoder τ_θ.
+"""The semantic-mixing latent diffusion model (docs/method.md §8): UNet ε_θ, VQ-f4 autoencoder, layout encoder τ_θ.
 
 HS-Diffusion builds on LDM's semantic-synthesis model; its authors released neither code nor weights,
-so these modules are written from the architecture description (method.md §8.2–§8.5) with the
+so these modules are written from the architecture description (docs/method.md §8.2–§8.5) with the
 LDM checkpoint layout, and any LDM semantic-synthesis checkpoint loads into them.
 """
 

@@ -1,4 +1,4 @@
-"""Reading LDM-format checkpoint files safely (method.md §8.5).
+"""Reading LDM-format checkpoint files safely (docs/method.md §8.5).
 
 ``.safetensors`` files are read with safetensors; everything else with
 ``torch.load(..., weights_only=True)`` (never a full unpickle), memory-mapped when the file allows it.

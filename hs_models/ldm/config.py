@@ -1,4 +1,4 @@
-"""Hyper-parameters of the semantic-mixing LDM as data (method.md §8.3).
+"""Hyper-parameters of the semantic-mixing LDM as data (docs/method.md §8.3).
 
 An :class:`LDMConfig` has four parts, named and spelled as in LDM's ``config.yaml`` so that both
 formats read alike:
@@ -30,7 +30,7 @@ UNET_PREFIX = "model.diffusion_model."
 FIRST_STAGE_PREFIX = "first_stage_model."
 LAYOUT_ENCODER_PREFIX = "cond_stage_model."
 
-# Values that state-dict shapes cannot reveal: the LDM semantic-synthesis settings (method.md §8.3).
+# Values that state-dict shapes cannot reveal: the LDM semantic-synthesis settings (docs/method.md §8.3).
 DEFAULT_NUM_HEADS = 8
 DEFAULT_DIFFUSION = {
     "timesteps": 1000,
@@ -166,7 +166,7 @@ class LDMConfig:
 
 
 def builtin_config(name: str) -> LDMConfig:
-    """A config shipped with the pack, e.g. ``semantic_synthesis256`` (method.md §8.3)."""
+    """A config shipped with the pack, e.g. ``semantic_synthesis256`` (docs/method.md §8.3)."""
     path = CONFIG_DIR / f"{name}.json"
     if not path.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
@@ -345,7 +345,7 @@ def _normalise_diffusion(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def linear_betas(linear_start: float, linear_end: float, timesteps: int) -> torch.Tensor:
-    """LDM's "linear" schedule (linear in √β), float64 (method.md §8.2)."""
+    """LDM's "linear" schedule (linear in √β), float64 (docs/method.md §8.2)."""
     return torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
 
 

@@ -1,4 +1,4 @@
-"""State-dict transforms for LDM-format checkpoints (method.md §8.5): detection, splitting, EMA un-flattening.
+"""State-dict transforms for LDM-format checkpoints (docs/method.md §8.5): detection, splitting, EMA un-flattening.
 
 Key layout of a LatentDiffusion checkpoint:
 
@@ -168,7 +168,7 @@ def has_ema(parts: LDMParts) -> bool:
 
 
 def ema_unet(parts: LDMParts) -> dict[str, Any]:
-    """The EMA UNet weights under the UNet's own keys (method.md §8.5: iterate over the live keys)."""
+    """The EMA UNet weights under the UNet's own keys (docs/method.md §8.5: iterate over the live keys)."""
     out, missing = {}, []
     for key in parts.unet:
         flat = ema_key(key)
@@ -265,7 +265,7 @@ def reinitialise_layout_encoder(config: LDMConfig, num_classes: int, seed: int =
     """A fresh τ_θ for ``num_classes`` layout classes (PyTorch's default conv init, seeded).
 
     The CompVis semantic-synthesis τ_θ maps 182 COCO-Stuff/landscape classes; a model for another label
-    set keeps the UNet and VQ weights and re-learns τ_θ (method.md §8.6).
+    set keeps the UNet and VQ weights and re-learns τ_θ (docs/method.md §8.6).
     """
     new = config.with_num_classes(num_classes)
     generator = torch.Generator().manual_seed(seed)

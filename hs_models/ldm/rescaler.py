@@ -1,4 +1,4 @@
-"""The layout encoder τ_θ of the semantic-mixing LDM: LDM's SpatialRescaler (method.md §8.2).
+"""The layout encoder τ_θ of the semantic-mixing LDM: LDM's SpatialRescaler (docs/method.md §8.2).
 
 s = τ_θ(L): the one-hot layout (B, C, H, W) is resized ``n_stages`` times by ``multiplier`` (bilinear,
 align_corners False: for even sizes and ×0.5 that is a 2×2 mean), then mapped to ``out_channels`` by a

@@ -1,4 +1,4 @@
-"""The denoiser ε_θ of the semantic-mixing LDM: the UNet of LDM's "openaimodel" family (method.md §8.2, §8.4).
+"""The denoiser ε_θ of the semantic-mixing LDM: the UNet of LDM's "openaimodel" family (docs/method.md §8.2, §8.4).
 
 Written from the architecture description, with the same module tree (and therefore the same
 state-dict keys, ``input_blocks.*``, ``middle_block.*``, ``output_blocks.*``, ``time_embed.*``, ``out.*``)
@@ -37,7 +37,7 @@ NORM_EPS = 1e-5
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """(N,) timesteps → (N, dim) float32 ``[cos(t·f), sin(t·f)]``, f_i = max_period^(-i/half) (method.md §8.2)."""
+    """(N,) timesteps → (N, dim) float32 ``[cos(t·f), sin(t·f)]``, f_i = max_period^(-i/half) (docs/method.md §8.2)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps[:, None].float() * freqs[None]
@@ -82,7 +82,7 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block with timestep embedding (method.md §8.4: in_layers, emb_layers, out_layers, skip)."""
+    """Residual block with timestep embedding (docs/method.md §8.4: in_layers, emb_layers, out_layers, skip)."""
 
     def __init__(
         self,
@@ -145,7 +145,7 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Legacy LDM self-attention over the spatial positions (method.md §8.2 "Attention block")."""
+    """Legacy LDM self-attention over the spatial positions (docs/method.md §8.2 "Attention block")."""
 
     def __init__(self, channels: int, num_heads: int, new_attention_order: bool = False, *, operations=nn, **factory):
         super().__init__()
@@ -181,7 +181,7 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """ε_θ(x_t ⊕ s, t): the openaimodel UNet without cross-attention (method.md §8.4).
+    """ε_θ(x_t ⊕ s, t): the openaimodel UNet without cross-attention (docs/method.md §8.4).
 
     ``attention_resolutions`` are *downsampling factors* (1, 2, 4, … per level), as in LDM; values
     that no level reaches add no attention block, but the middle block always has one.

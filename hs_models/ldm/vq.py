@@ -1,4 +1,4 @@
-"""The first stage ℰ/𝒟 of the semantic-mixing LDM: the VQ-f4 autoencoder (method.md §8.2).
+"""The first stage ℰ/𝒟 of the semantic-mixing LDM: the VQ-f4 autoencoder (docs/method.md §8.2).
 
 Written from the architecture description, with the module tree (and state-dict keys) of LDM's
 ``VQModelInterface`` (``encoder.*``, ``decoder.*``, ``quant_conv``, ``post_quant_conv``,
@@ -252,7 +252,7 @@ class VectorQuantizer(nn.Module):
 
 
 class VQAutoencoder(nn.Module):
-    """VQ-f4 first stage with LDM's ``VQModelInterface`` behaviour (method.md §8.2).
+    """VQ-f4 first stage with LDM's ``VQModelInterface`` behaviour (docs/method.md §8.2).
 
     ``quantize_on_decode`` sets the default of :meth:`decode` (True: as the reference).
     """

@@ -1,4 +1,4 @@
-"""Face parsing: BiSeNet and SegFormer CelebAMask-HQ parsers mapped onto the canonical label set (method.md §3).
+"""Face parsing: BiSeNet and SegFormer CelebAMask-HQ parsers mapped onto the canonical label set (docs/method.md §3).
 
 ``network`` builds a parser from its files (architecture detected from the state-dict keys),
 ``pipeline`` turns image batches of any size into canonical8 label maps.

@@ -1,7 +1,7 @@
 """BiSeNet face parser (CelebAMask-HQ, 19 classes), written from the architecture description.
 
 Layer names follow the widely used ``79999_iter.pth`` of face-parsing.PyTorch, so its state dict (or a
-safetensors conversion of it) loads strictly. Architecture (method.md §3.3; BiSeNet, Yu et al. 2018):
+safetensors conversion of it) loads strictly. Architecture (docs/method.md §3.3; BiSeNet, Yu et al. 2018):
 
 * context path: a ResNet-18 trunk (1/8, 1/16, 1/32 features); a global-average branch on the 1/32
   features; attention refinement modules (ARM: conv, then a channel gate from the pooled map) on the

@@ -1,4 +1,4 @@
-"""Label numberings of the CelebAMask-HQ face parsers and their total maps onto canonical8 (method.md §3.3).
+"""Label numberings of the CelebAMask-HQ face parsers and their total maps onto canonical8 (docs/method.md §3.3).
 
 The two common 19-class parsers number the same classes differently (hair 17 vs 13, neck 14 vs 17,
 cloth 16 vs 18, …), so every map is built from class *names*, never from positions. SegFormer folders
@@ -15,19 +15,19 @@ import torch
 
 from ..labels import CANONICAL
 
-# zllrunning/face-parsing.PyTorch, 79999_iter.pth (method.md §3.3).
+# zllrunning/face-parsing.PyTorch, 79999_iter.pth (docs/method.md §3.3).
 BISENET19_CLASSES = (
     "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
     "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
 )  # fmt: skip
 
-# jonathandinu/face-parsing config.json after its "Fix labels" change (method.md §3.3).
+# jonathandinu/face-parsing config.json after its "Fix labels" change (docs/method.md §3.3).
 SEGFORMER19_CLASSES = (
     "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
     "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
 )  # fmt: skip
 
-# [PROPOSAL] method.md §3.3: facial parts, glasses and earrings travel with the face; the necklace
+# [PROPOSAL] docs/method.md §3.3: facial parts, glasses and earrings travel with the face; the necklace
 # stays with the body ("other").
 CELEBAMASK_TO_CANONICAL = {
     "background": "background",

@@ -1,4 +1,4 @@
-"""One interface over every supported face parser: RGB in 0..1 → canonical8 labels (method.md §3.3)."""
+"""One interface over every supported face parser: RGB in 0..1 → canonical8 labels (docs/method.md §3.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Face parsing of arbitrary images into canonical8 layouts (method.md §3).
+"""Face parsing of arbitrary images into canonical8 layouts (docs/method.md §3).
 
 Every pass parses a *square box* of the image at the network's input size S: the whole image
 letterboxed (padded to a square with the network's mean colour, so the aspect ratio is kept), or a

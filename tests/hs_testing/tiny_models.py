@@ -1,6 +1,7 @@
-"""Tiny random-weight models built with ComfyUI's own classes (CPU, seconds): an SD-style MODEL (4-channel,
-9-channel inpainting, or a 3-channel one shaped like the HeadSwap diffusion model) and KL VAEs with
-downscale 8 or 4. ComfyUI's layers start uninitialised, so every weight is set explicitly here.
+"""Tiny random-weight models built with ComfyUI's own classes (CPU, seconds): an SD-style MODEL (SD1.5 or SDXL
+class, ε- or v-prediction, 4-channel, 9-channel inpainting, or a 3-channel one shaped like the HeadSwap diffusion
+model), an SD3-class flow MODEL (MMDiT, 16 channels) and KL VAEs with downscale 8 or 4. ComfyUI's layers start
+uninitialised, so every weight (and SD3's position-embedding buffer) is set explicitly here.
 """
 
 from __future__ import annotations
@@ -34,40 +35,66 @@ def init_random(module: torch.nn.Module, seed: int, gain: float = 1.0) -> torch.
                 p.fill_(1.0)
             else:
                 p.zero_()
+    for name, buffer in module.named_buffers():
+        if name.endswith("pos_embed"):  # MMDiT's fixed embedding: a checkpoint fills it, torch.empty does not
+            with torch.no_grad():
+                buffer.copy_(torch.randn(buffer.shape, generator=g) * 0.02)
     return module
 
 
-def tiny_model(channels: int = 4, inpaint: bool = False, seed: int = 0, family: str = "sd15"):
-    """A ModelPatcher around a tiny BaseModel of an SD family (ε-prediction, the family's noise schedule).
+SD3_CONTEXT_DIM, SD3_POOLED_DIM = 32, 64
 
-    family "sd15" or "sdxl" (SDXL's model class: size and pooled-text embeddings, its latent format).
+
+def tiny_model(channels: int = 4, inpaint: bool = False, seed: int = 0, family: str = "sd15", prediction: str = "eps"):
+    """A ModelPatcher around a tiny BaseModel of a model family, with that family's noise schedule.
+
+    family "sd15", "sdxl" (SDXL's model class: size and pooled-text embeddings, its latent format) or "sd3"
+    (SD3's MMDiT and model class: rectified flow with shift 3, 16-channel latents; conditioning with
+    ``dim=SD3_CONTEXT_DIM, pooled=SD3_POOLED_DIM``). prediction "eps" or "v" (SD-family only).
     channels=3 gives a 3-channel latent format (scale 1.0), shaped like the HeadSwap diffusion model's.
     inpaint=True gives the 9-channel inpainting variant (concat mask + masked image).
     """
     import comfy.latent_formats
+    import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
 
-    unet = dict(TINY_UNET, in_channels=channels + (channels + 1 if inpaint else 0), out_channels=channels)
-    if family == "sdxl":
-
-        class TinySDXL(comfy.supported_models.SDXL):
-            unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
-
-        unet.update(num_classes="sequential", adm_in_channels=2816, use_linear_in_transformer=True)
-        config = TinySDXL(unet)
-    elif channels == 4:
-        config = comfy.supported_models.SD15(unet)
+    if family == "sd3":
+        hidden = 64 * 2  # MMDiT: 64 per block of depth
+        config = comfy.supported_models.SD3(
+            {
+                "in_channels": 16, "out_channels": 16, "pos_embed_scaling_factor": None, "patch_size": 2, "depth": 2,
+                "adm_in_channels": SD3_POOLED_DIM, "pos_embed_max_size": 16, "num_patches": 256,
+                "context_embedder_config": {
+                    "target": "torch.nn.Linear", "params": {"in_features": SD3_CONTEXT_DIM, "out_features": hidden}
+                },
+            }
+        )  # fmt: skip
     else:
+        unet = dict(TINY_UNET, in_channels=channels + (channels + 1 if inpaint else 0), out_channels=channels)
+        model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+        if family == "sdxl":
+            base = comfy.supported_models.SDXL
+            unet.update(num_classes="sequential", adm_in_channels=2816, use_linear_in_transformer=True)
+        else:
+            base = comfy.supported_models.SD15
 
-        class ThreeChannels(comfy.latent_formats.LatentFormat):
-            latent_channels = 3
-            scale_factor = 1.0
+        class TinyConfig(base):
+            unet_extra_config = (
+                {"num_heads": 2, "num_head_channels": -1} if family == "sdxl" else base.unet_extra_config
+            )
 
-        class TinyConfig(comfy.supported_models.SD15):
-            latent_format = ThreeChannels
+            def model_type(self, state_dict, prefix=""):
+                return model_type
 
+        if channels != 4:
+
+            class ThreeChannels(comfy.latent_formats.LatentFormat):
+                latent_channels = 3
+                scale_factor = 1.0
+
+            TinyConfig.latent_format = ThreeChannels
         config = TinyConfig(unet)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})

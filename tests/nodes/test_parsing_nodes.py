@@ -152,12 +152,12 @@ def test_segformer_folder_through_the_nodes(pack_nodes, parsing_dir):
 def test_batches_run_in_chunks_with_progress(pack_nodes, tiny_segformer, monkeypatch):
     import comfy.utils
 
-    from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
+    from comfyui_hs_diffusion.nodes import face_parser
 
     images = torch.rand(3, 96, 64, 1)  # greyscale
     single = _parse(pack_nodes, tiny_segformer, images).result[0]
     calls = []
-    monkeypatch.setattr(parsing_nodes, "_MAX_CHUNK", 2)
+    monkeypatch.setattr(face_parser, "MAX_CHUNK", 2)
     monkeypatch.setattr(
         comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: calls.append((value, total))
     )
@@ -171,9 +171,9 @@ def test_chunks_follow_the_patchers_free_memory_where_comfyui_has_it(pack_nodes,
     sizes its batches by it; the parser does the same where the method exists (0.3.75: ``mm.get_free_memory``)."""
     import comfy.utils
 
-    from comfyui_hs_diffusion.nodes import parsing as parsing_nodes
+    from comfyui_hs_diffusion.nodes import face_parser
 
-    per_image = parsing_nodes._bytes_per_image(tiny_segformer)
+    per_image = face_parser.bytes_per_image(tiny_segformer)
     asked = []
 
     def get_free_memory(device):

@@ -1,4 +1,4 @@
-"""Neck alignment recovers known transforms of procedurally drawn figures (method.md §4 tests)."""
+"""Neck alignment recovers known transforms of procedurally drawn figures (docs/method.md §4 tests)."""
 
 import logging
 import math

@@ -1,4 +1,4 @@
-"""Layout blending, weight-free inpainting and semantic calibration on drawn figures (method.md §5–§7)."""
+"""Layout blending, weight-free inpainting and semantic calibration on drawn figures (docs/method.md §5–§7)."""
 
 import functools
 import logging
@@ -13,7 +13,7 @@ from comfyui_hs_diffusion.hs_models.calibration import calibrate_masks
 from comfyui_hs_diffusion.hs_models.inpainting import inpaint_layout
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5, UNKNOWN, get_label_set
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
-from comfyui_hs_diffusion.hs_models.morphology import dilate
+from comfyui_hs_diffusion.hs_models.morphology import dilate_np
 from comfyui_hs_diffusion.hs_models.synthetic import Placement, random_figure
 from hs_testing.layouts import photos, same_person_pairs
 
@@ -81,7 +81,7 @@ def test_blend_masks_are_disjoint_cover_the_canvas_and_follow_z_order(keep_backg
     background = ~person & (body.labels == CANONICAL.index("background"))
     assert bool((labels[background] == CANONICAL.index("background")).all())
     if keep_background:
-        far = background & ~dilate(person, 20)
+        far = background & ~torch.from_numpy(dilate_np(person.numpy(), 20))
         assert bool(b.bool()[far].all())  # the body photo's background is kept
     else:
         assert not bool((b.bool() & background).any())  # the background is generated from its label
@@ -91,7 +91,7 @@ def test_blend_seam_band_and_erosions_scale_with_the_image():
     head, body = swap_cases()
     result = blend_layouts(head, body, head_erosion=0.0, body_erosion=0.0, seam_band=0.02)
     head_classes = torch.isin(head.labels, ids(CANONICAL, "head"))
-    band = dilate(head_classes, pixels_for(0.02, *SIZE)) & ~head_classes
+    band = torch.from_numpy(dilate_np(head_classes.numpy(), pixels_for(0.02, *SIZE))) & ~head_classes
     assert pixels_for(0.02, *SIZE) == 8.0
     assert not bool((result.body_mask.bool() & band).any()) and bool(result.transition_mask.bool()[band].all())
     assert torch.equal(result.head_mask.bool(), head_classes)

@@ -1,4 +1,4 @@
-"""Semantic-mixing math (hs_models.mixing) with a stub denoiser and a k-diffusion-style Euler loop."""
+"""Semantic-mixing math (hs_models.mixing): masks, schedules, step bookkeeping, noise and the mixed evaluation."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from comfyui_hs_diffusion.hs_models.mixing import (
+    MixOptions,
     MixPlan,
-    MixSchedule,
-    SemanticMixDenoiser,
+    StepClock,
+    band_noise,
     dilate,
     dilation_stage,
-    fuse_final,
     keep_mask_to_latent,
     layer_sources,
+    mix_step,
     parse_dilation_schedule,
     step_index,
     step_noise,
@@ -21,96 +22,6 @@ from comfyui_hs_diffusion.hs_models.mixing import (
 )
 
 SIGMAS = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.4, 0.0])
-
-
-def stub_denoiser(x, sigma, **_):
-    """A smooth, input-dependent x̂0 (a fixed random 3×3 conv), so mixing mistakes change the output."""
-    g = torch.Generator().manual_seed(0)
-    weight = torch.randn(x.shape[1], x.shape[1], 3, 3, generator=g) * 0.1
-    s = sigma.reshape(-1, 1, 1, 1)
-    return torch.nn.functional.conv2d(x / (s**2 + 1).sqrt(), weight, padding=1)
-
-
-def euler(model, x, sigmas, callback=None):
-    """k-diffusion's Euler sampler, the reference loop for these tests."""
-    s_in = x.new_ones([x.shape[0]])
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        if callback is not None:
-            callback(i)
-        d = (x - denoised) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i])
-    return x
-
-
-def _sources(batch=2, channels=3, h=8, w=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    head = torch.randn(batch, channels, h, w, generator=g)
-    body = torch.randn(batch, channels, h, w, generator=g)
-    head_keep = torch.zeros(batch, 1, h, w)
-    head_keep[:, :, :3] = 1.0
-    body_keep = torch.zeros(batch, 1, h, w)
-    body_keep[:, :, 5:] = 1.0
-    return head, head_keep, body, body_keep
-
-
-def _run(composite, keep, schedule=None, seed=7, fresh=False, final=True):
-    plan = MixPlan(keep, SIGMAS, schedule or MixSchedule())
-    initial = torch.randn(composite.shape, generator=torch.Generator().manual_seed(seed))
-
-    def noise_for(step, x):
-        return step_noise(seed, step, x.shape) if fresh else initial
-
-    mixed = SemanticMixDenoiser(stub_denoiser, plan, composite, noise_for)
-    x = composite + initial * (1 + SIGMAS[0] ** 2).sqrt()
-    out = euler(mixed, x, SIGMAS)
-    return fuse_final(out, composite, plan.final_keep) if final else out
-
-
-def test_full_keep_returns_the_composite_exactly():
-    head, head_keep, body, body_keep = _sources()
-    composite, keep = layer_sources([body, head], [body_keep, torch.ones_like(head_keep)], torch.zeros_like(body))
-    assert torch.equal(composite, head)
-    for fresh in (False, True):
-        assert torch.equal(_run(composite, keep, fresh=fresh), head)
-
-
-def test_empty_keep_equals_plain_sampling_bit_for_bit():
-    head, head_keep, body, body_keep = _sources()
-    zeros = torch.zeros_like(head_keep)
-    composite, keep = layer_sources([body, head], [zeros, zeros], torch.zeros_like(body))
-    assert torch.equal(composite, torch.zeros_like(body))
-    initial = torch.randn(composite.shape, generator=torch.Generator().manual_seed(7))
-    plain = euler(stub_denoiser, initial * (1 + SIGMAS[0] ** 2).sqrt(), SIGMAS)
-    assert torch.equal(_run(composite, keep), plain)
-
-
-def test_kept_regions_are_exact_and_transition_is_generated():
-    head, head_keep, body, body_keep = _sources()
-    composite, keep = layer_sources([body, head], [body_keep, head_keep], torch.zeros_like(body))
-    for fresh in (False, True):
-        out = _run(composite, keep, fresh=fresh)
-        assert torch.equal(out[:, :, :3], head[:, :, :3])
-        assert torch.equal(out[:, :, 5:], body[:, :, 5:])
-        assert out[:, :, 3:5].abs().sum() > 0
-
-
-def test_two_source_shared_noise_equals_single_composite_bit_for_bit():
-    head, head_keep, body, body_keep = _sources()
-    composite, keep = layer_sources([body, head], [body_keep, head_keep], torch.zeros_like(body))
-    manual = body * body_keep + head * head_keep
-    assert torch.equal(composite, manual)
-    assert torch.equal(keep, body_keep + head_keep)
-    single, single_keep = layer_sources([manual], [body_keep + head_keep], torch.zeros_like(body))
-    assert torch.equal(_run(composite, keep), _run(single, single_keep))
-
-
-def test_fixed_seed_is_deterministic_and_fresh_noise_differs_from_shared():
-    head, head_keep, body, body_keep = _sources()
-    composite, keep = layer_sources([body, head], [body_keep, head_keep], torch.zeros_like(body))
-    assert torch.equal(_run(composite, keep, fresh=True), _run(composite, keep, fresh=True))
-    assert not torch.equal(_run(composite, keep, fresh=True), _run(composite, keep, fresh=False))
-    assert not torch.equal(_run(composite, keep, seed=8), _run(composite, keep, seed=7))
 
 
 def test_later_sources_are_layered_over_earlier_ones_and_soft_edges_are_normalised():
@@ -128,16 +39,6 @@ def test_later_sources_are_layered_over_earlier_ones_and_soft_edges_are_normalis
     assert keep[0, 0, 0, 0] == 0.25
 
 
-def test_callback_once_per_step():
-    head, head_keep, body, body_keep = _sources()
-    composite, keep = layer_sources([body, head], [body_keep, head_keep], torch.zeros_like(body))
-    plan = MixPlan(keep, SIGMAS, MixSchedule())
-    calls = []
-    mixed = SemanticMixDenoiser(stub_denoiser, plan, composite, lambda step, x: torch.zeros_like(x))
-    euler(mixed, composite.clone(), SIGMAS, callback=calls.append)
-    assert calls == list(range(len(SIGMAS) - 1))
-
-
 def test_step_index_is_a_function_of_sigma():
     sigmas = [10.0, 5.0, 2.0, 0.0]
     assert [step_index(s, sigmas) for s in (12.0, 10.0, 7.0, 5.0, 3.0, 2.0, 0.5, 0.0)] == [0, 0, 0, 1, 1, 2, 2, 2]
@@ -148,11 +49,11 @@ def test_step_index_is_a_function_of_sigma():
 def test_fusion_window_and_final_fusion():
     keep = torch.zeros(1, 1, 4, 4)
     keep[..., :2, :] = 1.0
-    schedule = MixSchedule(fusion_start=0.2, fusion_end=0.6)
+    schedule = MixOptions(fusion_start=0.2, fusion_end=0.6)
     active = [transition_at(keep, i, 5, schedule) is not None for i in range(5)]
     assert active == [False, True, True, False, False]
     plan = MixPlan(keep, SIGMAS, schedule)
-    assert plan.transition(SIGMAS[0]) is None and plan.transition(SIGMAS[1]) is not None
+    assert plan.transition(0) is None and plan.transition(1) is not None
     assert torch.equal(plan.final_keep, keep)
 
 
@@ -175,11 +76,11 @@ def test_dilation_schedule_follows_bld_and_shrinks_the_kept_region_early():
         if steps >= len(radii):
             assert set(stages) == set(range(len(radii)))
         sigmas = torch.linspace(10.0, 0.0, steps + 1)
-        plan = MixPlan(keep, sigmas, MixSchedule(dilation=radii))
-        assert torch.equal(plan.transition(sigmas[steps - 1]), 1.0 - plan.final_keep)
+        plan = MixPlan(keep, sigmas, MixOptions(dilation=radii))
+        assert torch.equal(plan.transition(steps - 1), 1.0 - plan.final_keep)
     keep = torch.ones(1, 1, 9, 9)
     keep[..., 4, 4] = 0.0
-    schedule = MixSchedule(dilation=(2, 0))
+    schedule = MixOptions(dilation=(2, 0))
     first = transition_at(keep, 0, 4, schedule)
     last = transition_at(keep, 3, 4, schedule)
     assert torch.equal(last, 1.0 - keep)
@@ -189,18 +90,26 @@ def test_dilation_schedule_follows_bld_and_shrinks_the_kept_region_early():
 
 def test_soft_masks_by_noise_level_keep_each_pixel_for_its_fraction_of_the_trajectory():
     keep = torch.tensor([[[[1.0, 0.5, 0.25, 0.0]]]])
-    schedule = MixSchedule(soft_masks="by noise level")
+    schedule = MixOptions(soft_masks="by noise level")
     kept = [(1.0 - transition_at(keep, i, 4, schedule))[0, 0, 0].tolist() for i in range(4)]
     assert kept == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
     assert MixPlan(keep, [4.0, 3.0, 2.0, 1.0, 0.0], schedule).final_keep[0, 0, 0].tolist() == [1, 0, 0, 0]
-    assert not schedule.is_static and MixSchedule().is_static
+    assert not schedule.is_static and MixOptions().is_static
 
 
-def test_schedule_validation():
+def test_options_validation_and_widgets():
     with pytest.raises(ValueError, match="0 ≤ start < end ≤ 1"):
-        MixSchedule(fusion_start=0.5, fusion_end=0.5)
+        MixOptions(fusion_start=0.5, fusion_end=0.5)
     with pytest.raises(ValueError, match="soft_masks"):
-        MixSchedule(soft_masks="sometimes")
+        MixOptions(soft_masks="sometimes")
+    with pytest.raises(ValueError, match="noise_mode must be one of"):
+        MixOptions(noise_mode="sometimes")
+    options = MixOptions.from_widgets("fresh", 0.1, 0.9, "2, 1", "by noise level", False)
+    assert options == MixOptions("fresh", 0.1, 0.9, (2, 1), "by noise level", False)
+    with pytest.raises(ValueError, match="'x' is not a whole number"):
+        MixOptions.from_widgets(mask_dilation="2, x")
+    with pytest.raises(AttributeError):
+        options.noise_mode = "shared"  # frozen: one value travels from the node to the guider
 
 
 def test_keep_masks_shrink_to_latent_resolution_and_never_bleed():
@@ -227,3 +136,87 @@ def test_step_noise_is_fresh_per_step_and_honours_batch_index():
     picked = step_noise(3, 0, (2, 4, 3, 3), batch_index=[2, 0])
     full = step_noise(3, 0, (3, 4, 3, 3), batch_index=[0, 1, 2])
     assert torch.equal(picked[0], full[2]) and torch.equal(picked[1], full[0])
+
+
+def eps_scaling(sigma, noise, clean):
+    """ComfyUI's noise scaling of ε- and v-prediction models in σ-space: ``clean + σ·noise``."""
+    return clean + sigma * noise
+
+
+def flow_scaling(sigma, noise, clean):
+    """ComfyUI's noise scaling of flow models (CONST): ``σ·noise + (1 − σ)·clean``."""
+    return sigma * noise + (1.0 - sigma) * clean
+
+
+@pytest.mark.parametrize("scaling", [eps_scaling, flow_scaling])
+def test_mixed_input_has_the_noise_level_sigma_for_every_mask_value(scaling):
+    """The model sees the band at noise level σ whatever the grey value: x's own noise and the sources' fresh
+    noise are independent, so a plain blend would leave √(t² + (1 − t)²) σ (0.71 σ at 0.5)."""
+    sigma = torch.tensor(0.8 if scaling is flow_scaling else 3.0)
+    values = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    n = 40000
+    transition = values.repeat_interleave(n).reshape(1, 1, len(values), n)
+    g = torch.Generator().manual_seed(0)
+    clean_x, clean_c = torch.randn(2, 1, 4, len(values), n, generator=g)
+    x = scaling(sigma, torch.randn(clean_x.shape, generator=g), clean_x)
+    noise = torch.randn(clean_c.shape, generator=g)
+    seen = []
+
+    def denoise(mixed):
+        seen.append(mixed)
+        return mixed
+
+    mix_step(denoise, x, sigma, transition, clean_c, noise, scaling)
+    mixed = seen[0]
+    # the signal of the mixed input is the blend of both clean latents, scaled as the family scales signal
+    signal = scaling(sigma, torch.zeros_like(x), transition * clean_x + (1 - transition) * clean_c)
+    level = (mixed - signal).std(dim=(0, 1, 3)) / sigma
+    assert torch.allclose(level, torch.ones_like(level), atol=0.02), level.tolist()
+
+
+def test_mix_step_pastes_the_renoised_sources_and_returns_them_clean():
+    g = torch.Generator().manual_seed(1)
+    x, composite, noise = torch.randn(3, 1, 2, 4, 4, generator=g)
+    transition = torch.zeros(1, 1, 4, 4)
+    transition[..., 1:3, :] = 1.0
+    sigma = torch.tensor(2.0)
+    seen = []
+
+    def denoise(mixed):
+        seen.append(mixed)
+        return mixed * 0.5
+
+    out = mix_step(denoise, x, sigma, transition, composite, noise, eps_scaling)
+    known = transition.expand_as(x) == 0
+    assert torch.equal(seen[0][known], (composite + sigma * noise)[known])  # binary masks: noise unscaled
+    assert torch.equal(seen[0][~known], x[~known])
+    assert torch.equal(out[known], composite[known]) and torch.equal(out[~known], (x * 0.5)[~known])
+    assert torch.equal(band_noise(noise, transition), noise)
+
+
+def test_every_evaluation_of_a_step_sees_that_step():
+    """Evaluation order of k-diffusion's samplers (σ of each model call, callbacks after a step's first call)."""
+    sigmas = [10.0, 5.0, 2.0, 1.0, 0.0]
+
+    def run(clock, events):
+        steps = []
+        for event in events:
+            if isinstance(event, tuple):
+                clock.step_done(event[1])
+            else:
+                steps.append(clock.step_of(torch.tensor([event, event])))
+        return steps
+
+    # Euler / DPM++ 2M / UniPC: one call per step at σ_i
+    euler = [10.0, ("cb", 0), 5.0, ("cb", 1), 2.0, ("cb", 2), 1.0, ("cb", 3)]
+    assert run(StepClock(sigmas), euler) == [0, 1, 2, 3]
+    # DPM-2 / DPM++ SDE: a midpoint call inside the step
+    dpm2 = [10.0, ("cb", 0), 7.0, 5.0, ("cb", 1), 3.0, 2.0, ("cb", 2), 1.4, 1.0, ("cb", 3)]
+    assert run(StepClock(sigmas), dpm2) == [0, 0, 1, 1, 2, 2, 3]
+    # Heun: the corrector of step i runs at σ_{i+1}, then step i+1 starts at the same σ; the last step has none
+    heun = [10.0, ("cb", 0), 5.0, 5.0, ("cb", 1), 2.0, 2.0, ("cb", 2), 1.0, 1.0, ("cb", 3)]
+    assert run(StepClock(sigmas, corrector_at_next_sigma=True), heun) == [0, 0, 1, 1, 2, 2, 3]
+    assert run(StepClock(sigmas), heun) == [0, 1, 1, 2, 2, 3, 3]  # what σ alone would say
+    # Heun++ (heunpp2): correctors at σ_{i+1} and σ_{i+2}
+    heunpp2 = [10.0, ("cb", 0), 5.0, 2.0, 5.0, ("cb", 1), 2.0, 1.0, 2.0, ("cb", 2), 1.0, 1.0, ("cb", 3)]
+    assert run(StepClock(sigmas, corrector_at_next_sigma=True), heunpp2) == [0, 0, 0, 1, 1, 1, 2, 2, 3]

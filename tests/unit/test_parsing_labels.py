@@ -1,4 +1,4 @@
-"""Parser label numberings → canonical8 (method.md §3.3): total maps, by name, never by position."""
+"""Parser label numberings → canonical8 (docs/method.md §3.3): total maps, by name, never by position."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from comfyui_hs_diffusion.hs_models.parsing.labels import (
     class_names_from_id2label,
 )
 
-# method.md §3.3, row by row: class → (BiSeNet id, SegFormer id, canonical name)
+# docs/method.md §3.3, row by row: class → (BiSeNet id, SegFormer id, canonical name)
 METHOD_TABLE = {
     "background": (0, 0, "background"),
     "skin": (1, 1, "face"),
