@@ -4,6 +4,9 @@ Registered through ComfyUI's V3 ``comfy_entrypoint`` only. This module stays imp
 (and every ComfyUI import) load lazily, so ``hs_models`` can be imported without ComfyUI.
 """
 
+WEB_DIRECTORY = "./web/js"
+"""Frontend extension: shows the warnings a node logged on that node (see nodes/ui_warnings.py)."""
+
 
 async def comfy_entrypoint():
     from .nodes import HeadSwapExtension

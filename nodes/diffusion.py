@@ -11,6 +11,7 @@ import node_helpers
 from comfy.cli_args import args
 from comfy_api.latest import io
 
+from ..hs_models.files import apply_umask
 from ..hs_models.layout import SemanticLayout
 from ..hs_models.ldm import ForeignCheckpointError, read_ldm_checkpoint
 from ..hs_models.ldm.convert import WEIGHT_CHOICES
@@ -206,6 +207,7 @@ class HeadSwapSaveDiffusion(io.ComfyNode):
                 metadata[key] = json.dumps(value)
         path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
         comfy.sd.save_checkpoint(path, model, vae=vae, metadata=metadata)
+        apply_umask(path)  # safetensors leaves 0600
         logger.info("Saved the semantic-mixing LDM to %s", path)
         return io.NodeOutput()
 

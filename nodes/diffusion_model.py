@@ -185,8 +185,9 @@ def encode_layout(
 ) -> torch.Tensor:
     """s = τ_θ(one-hot layout) at the latent's resolution, (B_layout, 3, h, w) float32 (docs/method.md §8.2).
 
-    The label map is resized (nearest) to the latent size × ``vae_factor`` when it differs, which keeps
-    labels integral; the aspect ratios must agree. UNKNOWN pixels are an error, or with
+    A label map at the size of an image the VAE centre-cropped to its factor is cropped the same way; any other
+    size is resized (nearest) to the latent size × ``vae_factor``, which keeps labels integral, and the aspect
+    ratios must agree. UNKNOWN pixels are an error, or with
     ``unknown="zeros"`` an all-zero one-hot vector (no class, τ_θ gives 0 there) [PROPOSAL].
     """
     if not isinstance(layout, SemanticLayout):
@@ -214,6 +215,11 @@ def encode_layout(
             f"with the layout generator first, or set unknown_labels to 'no class' on HeadSwap Layout Conditioning"
         )
     target = (height * vae_factor, width * vae_factor)
+    extra_h, extra_w = labels.shape[-2] - target[0], labels.shape[-1] - target[1]
+    if 0 <= extra_h < vae_factor and 0 <= extra_w < vae_factor:
+        # the image was centre-cropped to the VAE's factor (VAE Encode, Encode Sources): crop the layout alike
+        top, left = extra_h // 2, extra_w // 2
+        labels = labels[..., top : top + target[0], left : left + target[1]]
     if labels.shape[-2:] != target:
         ratio_layout, ratio_latent = layout.width / layout.height, target[1] / target[0]
         if abs(math.log(ratio_layout / ratio_latent)) > 0.02:

@@ -12,9 +12,9 @@ from comfy_api.latest import io
 
 from ..hs_models.blending import DEFAULT_BODY_EROSION, DEFAULT_HEAD_EROSION, DEFAULT_SEAM_BAND, blend_layouts
 from ..hs_models.calibration import DEFAULT_LATENT_CELL, DEFAULT_MIN_REGION, calibrate_masks
-from ..hs_models.inpainting import BACKENDS, inpaint_layout
 from ..hs_models.layout import SemanticLayout
-from .types import HeadSwapLayout
+from .layout_generator import BACKENDS, run_layout_inpaint
+from .types import HeadSwapLayout, HeadSwapLayoutGenerator
 from .validation import validate_schema_values
 
 CATEGORY = "headswap/layout"
@@ -99,9 +99,8 @@ class HeadSwapLayoutBlend(io.ComfyNode):
 
 
 class HeadSwapLayoutInpaint(io.ComfyNode):
-    # Forward compatibility: a learned layout generator arrives as an optional input appended after the
-    # widgets (sockets do not shift widget values in saved workflows) plus a backend option; "auto"
-    # then picks it when connected. Until then "auto" is the weight-free backend.
+    # The learned generator is an optional input after the widgets (sockets do not shift widget values in
+    # saved workflows); "auto" picks it when connected (nodes/layout_generator.py).
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -109,9 +108,10 @@ class HeadSwapLayoutInpaint(io.ComfyNode):
             display_name="Layout Inpaint (HeadSwap)",
             category=CATEGORY,
             description=(
-                "Fills every UNKNOWN pixel of a blended layout so the diffusion model gets a complete layout. The "
-                "weight-free backend draws a neck from the jaw down to the collar and fills the other holes from "
-                "the nearest body or background labels; known labels are never changed."
+                "Fills every UNKNOWN pixel of a blended layout so the diffusion model gets a complete layout. With a "
+                "layout generator connected, the trained network fills the holes (at its training resolution); "
+                "without one, the weight-free backend draws a neck from the jaw down to the collar and fills the "
+                "other holes from the nearest body or background labels. Known labels are never changed."
             ),
             inputs=[
                 HeadSwapLayout.Input("layout", tooltip="The blended layout (Layout Blend's layout output)."),
@@ -119,7 +119,15 @@ class HeadSwapLayoutInpaint(io.ComfyNode):
                     "backend",
                     options=list(BACKENDS),
                     default="auto",
-                    tooltip="auto: the best available backend. heuristic: the weight-free neck-and-nearest-label fill.",
+                    tooltip=(
+                        "auto: the layout generator when one is connected, else the heuristic. heuristic: the "
+                        "weight-free neck-and-nearest-label fill. generator: the connected layout generator."
+                    ),
+                ),
+                HeadSwapLayoutGenerator.Input(
+                    "generator",
+                    optional=True,
+                    tooltip="A trained layout generator (Load Layout Generator). Unconnected: the weight-free fill.",
                 ),
             ],
             outputs=[
@@ -133,11 +141,9 @@ class HeadSwapLayoutInpaint(io.ComfyNode):
         return validate_schema_values(cls, inputs)
 
     @classmethod
-    def execute(cls, layout: SemanticLayout, backend: str) -> io.NodeOutput:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        result = inpaint_layout(layout)
-        return io.NodeOutput(result.layout, result.filled.to(torch.float32))
+    def execute(cls, layout: SemanticLayout, backend: str, generator=None) -> io.NodeOutput:
+        completed, filled = run_layout_inpaint(layout, backend, generator)
+        return io.NodeOutput(completed, filled.to(torch.float32))
 
 
 class HeadSwapSemanticCalibration(io.ComfyNode):

@@ -21,6 +21,11 @@ with one ``{"people": [{"pose_keypoints_2d": [x, y, c, …]}], "canvas_width", "
     kind       "BiSeNet" or "SegFormer"
     dtype      compute dtype of the weights
 
+``HEADSWAP_LAYOUT_GENERATOR`` carries a :class:`nodes.layout_generator.LoadedLayoutGenerator`:
+    patcher    a ModelPatcher whose ``.model`` is a :class:`hs_models.layout_generator.LayoutGenerator`
+               (``.spec`` names its label set and resolution; ``complete_layout`` fills UNKNOWN pixels)
+    name       file name in the headswap_layout folder
+
 ``HEADSWAP_MIX_SOURCES`` carries a tuple of :class:`nodes.semantic_mix_guider.MixSource` (further sources for the
 semantic-mixing sampler, layered over the head and body in chain order):
     latent     (B,C,h,w) float raw latent (as VAEEncode returns it)
@@ -40,3 +45,4 @@ HeadSwapTransform = io.Custom("HEADSWAP_TRANSFORM")
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 HeadSwapParser = io.Custom("HEADSWAP_PARSER")
 HeadSwapMixSources = io.Custom("HEADSWAP_MIX_SOURCES")
+HeadSwapLayoutGenerator = io.Custom("HEADSWAP_LAYOUT_GENERATOR")

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hs_models.files import save_safetensors  # noqa: E402
 from hs_models.ldm import METADATA_CONFIG, METADATA_WEIGHTS, CheckpointError, read_ldm_checkpoint  # noqa: E402
 from hs_models.ldm.config import ConfigError, read_config_file  # noqa: E402
 from hs_models.ldm.convert import reinitialise_layout_encoder, to_ldm_state_dict  # noqa: E402
@@ -40,8 +41,6 @@ def convert(
     first_stage_from: Path | None = None,
 ) -> dict[str, str]:
     """Write ``target``; returns its metadata."""
-    from safetensors.torch import save_file
-
     config = read_config_file(config_path) if config_path else None
     checkpoint = read_ldm_checkpoint(source, weights, config=config, first_stage_from=first_stage_from)
     config, layout_encoder = checkpoint.config, checkpoint.layout_encoder
@@ -59,7 +58,7 @@ def convert(
     if first_stage_from is not None:
         metadata["hs_ldm_first_stage"] = first_stage_from.name
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state_dict, str(target), metadata=metadata)
+    save_safetensors(state_dict, target, metadata)
     return metadata
 
 

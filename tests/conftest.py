@@ -138,3 +138,16 @@ def tiny_ldm(fixtures_dir, tmp_path_factory) -> dict[str, Path]:
         "ema": convert_tiny(fixtures_dir, folder / "tiny_ema.safetensors"),
         "live_fp16": convert_tiny(fixtures_dir, folder / "tiny_live_fp16.safetensors", "--weights", "live", "--fp16"),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# layout generator: a tiny one trained briefly through the training command line, once per session
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_layout_generator(tmp_path_factory) -> Path:
+    """model.safetensors exported by `python -m hs_training generator` after a few steps on procedural layouts."""
+    from hs_testing.layout_generator import train_tiny_generator
+
+    return train_tiny_generator(tmp_path_factory.mktemp("layout_generator"))

@@ -291,8 +291,11 @@ class UNetModel(nn.Module):
     ) -> torch.Tensor:
         """(B, in_channels, H, W) input (latent ⊕ layout code), (B,) timesteps → (B, out_channels, H, W) ε.
 
-        H and W must be divisible by 2^(levels−1). ``context``/``control`` exist in ComfyUI's calling
-        convention; this model has no cross-attention and no ControlNet inputs.
+        Any H and W: the LDM UNet concatenates skips of equal size, so sides that are not multiples of its
+        downsampling factor 2^(levels−1) are edge-padded to the next multiple (split evenly between both sides)
+        and the output is cropped back, which lets images of any size through (the original LDM code requires
+        the multiple). ``context``/``control`` exist in ComfyUI's calling convention; this model has no
+        cross-attention and no ControlNet inputs.
         """
         if context is not None:
             raise ValueError(
@@ -301,11 +304,11 @@ class UNetModel(nn.Module):
             )
         if control is not None:
             raise ValueError("ControlNets cannot be applied to the semantic-mixing LDM")
-        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
-            raise ValueError(
-                f"latent size {x.shape[-1]}×{x.shape[-2]} is not divisible by {self.downsampling}, the UNet's "
-                f"downsampling factor; latent sides must be multiples of {self.downsampling}"
-            )
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.downsampling, -width % self.downsampling
+        if pad_h or pad_w:
+            top, left = pad_h // 2, pad_w // 2
+            x = F.pad(x, (left, pad_w - left, top, pad_h - top), mode="replicate")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
         skips = []
         h = x
@@ -315,4 +318,7 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        h = self.out(h)
+        if pad_h or pad_w:
+            h = h[..., top : top + height, left : left + width]
+        return h

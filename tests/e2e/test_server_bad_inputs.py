@@ -190,6 +190,13 @@ def ldm(ckpt: str = LDM, head: str = "bad_head.png", body: str = "bad_body.png",
     return prompt
 
 
+def generator_inpaint(model_name: str) -> dict:
+    prompt = stages()
+    prompt["30"] = {"class_type": "HeadSwapLayoutGeneratorLoader", "inputs": {"model_name": model_name}}
+    prompt["7"]["inputs"]["generator"] = ["30", 0]
+    return prompt
+
+
 def save_ldm() -> dict:
     prompt = ldm()
     prompt["40"] = {"class_type": "HeadSwapSaveDiffusion", "inputs": {"model": ["20", 0], "vae": ["20", 1], "filename_prefix": "bad/ldm"}}  # fmt: skip
@@ -559,7 +566,9 @@ def _case_list() -> list[Case]:
             ["outside the output folder"],
         ),
         Case("layout_to_mask.classes", _set(layout_tools(), "3.classes", "wings"), ["wings"]),
-    ]
+        Case("layout_generator_loader.missing", generator_inpaint("nothing.safetensors"), ["model_name: 'nothing.safetensors' is not in the headswap_layout model folder"], "validate"),
+        Case("layout_generator_loader.dotdot", generator_inpaint("../headswap_diffusion/" + LDM), ["is not in the headswap_layout model folder"], "validate"),
+    ]  # fmt: skip
     return cases
 
 

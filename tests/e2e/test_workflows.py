@@ -119,4 +119,10 @@ def test_in_process_object_info_matches_the_server(comfy_server, pack_nodes):
                 assert info["input"].get(section) == served[name]["input"].get(section), (name, section)
 
 
-DYNAMIC_FILE_LISTS = {"LoadImage", "HeadSwapLoadLayout", "HeadSwapDiffusionLoader", "HeadSwapParsingModelLoader"}
+DYNAMIC_FILE_LISTS = {
+    "LoadImage",
+    "HeadSwapLoadLayout",
+    "HeadSwapDiffusionLoader",
+    "HeadSwapParsingModelLoader",
+    "HeadSwapLayoutGeneratorLoader",
+}

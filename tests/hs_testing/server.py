@@ -97,7 +97,9 @@ def error_message(entry: dict) -> str:
     return ""
 
 
-def start_server(comfyui_dir: Path, pack_dir: Path, work: Path, startup_timeout: float = 180.0) -> ComfyServer:
+def start_server(
+    comfyui_dir: Path, pack_dir: Path, work: Path, startup_timeout: float = 180.0, extra_args: list[str] | None = None
+) -> ComfyServer:
     """Start ``main.py --cpu`` with this pack (linked into a custom_nodes folder outside the ComfyUI tree)."""
     base = work / "base"
     for folder in ("custom_nodes", "input", "output"):  # custom_nodes must exist before start
@@ -115,7 +117,7 @@ def start_server(comfyui_dir: Path, pack_dir: Path, work: Path, startup_timeout:
         sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
         "--disable-auto-launch", "--dont-print-server", "--disable-api-nodes",
         "--database-url", "sqlite:///:memory:", "--base-directory", str(base),
-        "--extra-model-paths-config", str(paths_yaml),
+        "--extra-model-paths-config", str(paths_yaml), *(extra_args or []),
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=comfyui_dir, stdout=log, stderr=subprocess.STDOUT)

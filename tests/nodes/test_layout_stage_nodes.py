@@ -149,7 +149,7 @@ def test_neck_align_errors_name_the_input(pack_nodes):
 
 def test_inpaint_backend_is_checked(pack_nodes):
     layout = SemanticLayout(torch.zeros(1, 4, 4, dtype=torch.int64), CANONICAL)
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'heuristic'\), got 'model'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \[.auto., .heuristic., .generator.\], got .model."):
         pack_nodes["HeadSwapLayoutInpaint"].execute(layout=layout, backend="model")
     same, filled = pack_nodes["HeadSwapLayoutInpaint"].execute(layout=layout, backend="heuristic").result
     assert torch.equal(same.labels, layout.labels) and not bool(filled.any())

@@ -16,6 +16,7 @@ from comfy_extras.nodes_model_merging import CheckpointSave, ModelSave
 from safetensors.torch import save_file
 
 import nodes as core_nodes
+from comfyui_hs_diffusion.hs_models.files import creation_mode
 from comfyui_hs_diffusion.hs_models.labels import PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
 from hs_testing.ldm import TINY_CKPT, run_converter
@@ -148,7 +149,9 @@ def test_the_pack_save_node_writes_a_file_the_loader_reads_back(pack_nodes, load
     (patched, _) = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
     save = pack_nodes["HeadSwapSaveDiffusion"]
     save.execute(patched, vae, "ldm_saved/pack")
-    shutil.copy(_saved(comfy_dirs, "ldm_saved/pack"), model_dir / "resaved_pack.safetensors")
+    saved = _saved(comfy_dirs, "ldm_saved/pack")
+    assert saved.stat().st_mode & 0o777 == creation_mode(saved.parent)  # the umask's, not safetensors' 0600
+    shutil.copy(saved, model_dir / "resaved_pack.safetensors")
     model2, vae2 = _load(pack_nodes, "resaved_pack.safetensors")
     assert model2.model.model_config.ldm_config == model.model.model_config.ldm_config
     assert torch.equal(_denoised(model2, ref), _denoised(patched, ref))

@@ -212,6 +212,9 @@ def test_photo_without_a_face_gives_an_empty_head_and_a_warning(pack_nodes, pars
         pack_nodes["HeadSwapParsingModelLoader"].execute(model_name="blank.safetensors", precision="auto").result[0]
     )
     with caplog.at_level(logging.WARNING, logger="comfyui_hs_diffusion"):
-        layout = _parse(pack_nodes, parser, torch.rand(1, 40, 40, 3), mode="auto").result[0]
+        out = _parse(pack_nodes, parser, torch.rand(1, 40, 40, 3), mode="auto")
+    layout = out.result[0]
     assert not torch.isin(layout.labels, HEAD).any()
     assert "no face found in image(s) 0 (batch index from 0) of 1" in caplog.text
+    # shown on the node too, next to its layout previews
+    assert out.ui["images"] and "no face found in image(s) 0" in out.ui["hs_warnings"][0]

@@ -21,6 +21,7 @@ DYNAMIC_COMBOS = {
     ("HeadSwapLoadLayout", "image"),
     ("HeadSwapDiffusionLoader", "ckpt_name"),
     ("HeadSwapParsingModelLoader", "model_name"),
+    ("HeadSwapLayoutGeneratorLoader", "model_name"),
     ("HeadSwapSemanticMixingKSampler", "sampler_name"),
     ("HeadSwapSemanticMixingKSampler", "scheduler"),
 }

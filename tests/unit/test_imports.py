@@ -57,7 +57,8 @@ def test_requirements_match_the_imports():
     import tomllib
 
     comes_with_comfyui = {"torch", "comfy", "comfy_api", "comfy_extras", "folder_paths", "node_helpers",
-                          "latent_preview", "nodes", "server", "PIL", "yaml", "transformers"}  # fmt: skip
+                          "latent_preview", "nodes", "server", "PIL", "yaml", "transformers",
+                          "execution", "utils", "tqdm"}  # fmt: skip
     import_names = {"opencv-python-headless": "cv2"}
     lines = (PACK_DIR / "requirements.txt").read_text().splitlines()
     required = {

@@ -219,10 +219,21 @@ def test_config_rejects_what_the_model_cannot_represent(fixtures_dir):
 # ------------------------------------------------------------------------------------------------
 
 
+def test_unet_takes_any_latent_size_by_edge_padding_to_its_factor(tiny):
+    unet = tiny["unet"]["live"]
+    assert unet.downsampling == 4
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(2, 6, 10, 13, generator=g), torch.tensor([5, 900])
+    with torch.no_grad():
+        out = unet(x, t)
+        padded = unet(F.pad(x, (1, 2, 1, 1), mode="replicate"), t)  # 12×16: what it must run on
+    assert out.shape == (2, 3, 10, 13) and torch.isfinite(out).all()
+    assert torch.equal(out, padded[..., 1:11, 1:14])  # centred: the crop of the padded run, not a resize
+    assert not torch.allclose(out, padded[..., :10, :13])
+
+
 def test_unet_checks_its_inputs(tiny):
     unet = tiny["unet"]["live"]
-    with pytest.raises(ValueError, match="latent size 10×10 is not divisible by 4"):
-        unet(torch.zeros(1, 6, 10, 10), torch.tensor([1]))
     with pytest.raises(ValueError, match="no cross-attention"):
         unet(torch.zeros(1, 6, 8, 8), torch.tensor([1]), context=torch.zeros(1, 1, 8))
 
