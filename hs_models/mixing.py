@@ -30,6 +30,7 @@ model's own noise scaling and latent space.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -172,8 +173,17 @@ def layer_sources(
     return composite, keep
 
 
+def useful_radius(radius: int, size: Sequence[int]) -> int:
+    """The smallest radius with the same effect as ``radius`` on an (h, w) mask: a disc wider than the
+    diagonal already reaches every cell from every cell, so larger radii change nothing (and cost k²)."""
+    h, w = size
+    return max(0, min(int(radius), math.ceil(math.hypot(h, w))))
+
+
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey dilation of a (B,1,h,w) mask by a disc of ``radius`` cells (kornia)."""
+    """Grey dilation of a (B,1,h,w) mask by a disc of ``radius`` cells (kornia); radii beyond the mask's
+    diagonal are capped (:func:`useful_radius`)."""
+    radius = useful_radius(radius, mask.shape[-2:])
     if radius <= 0:
         return mask
     size = 2 * radius + 1

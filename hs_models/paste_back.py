@@ -29,7 +29,9 @@ import torch
 from .batching import common_batch_size
 
 BLEND_MODES = ("feathered", "poisson")
-MAX_VAE_CROP = 64  # a VAE centre-crops less than one latent cell (≤ 64 px for every image VAE ComfyUI knows)
+# Downscale factors of the image VAEs ComfyUI knows (VQ-f4, SD/SDXL/Flux 8, 16 and 32 for the video and
+# cascade families, 64 as a margin): a VAE centre-crops to a multiple of its factor.
+_VAE_FACTORS = (2, 4, 8, 16, 32, 64)
 # skin-tone match [PROPOSAL]
 SKIN_EROSION = 0.08  # face statistics read this fraction of the face's size (√area) inside its border
 SKIN_OUTLIER = 2.5  # robust deviations from the median: farther is eyes, brows, lips or glasses, not skin
@@ -301,6 +303,13 @@ def check_mask(mask: torch.Tensor, name: str, size: tuple[int, int]) -> torch.Te
     return mask.to("cpu", torch.float32).clamp(0.0, 1.0)
 
 
+def is_vae_crop(size: tuple[int, int], canvas: tuple[int, int]) -> bool:
+    """Whether an (h, w) result is ``canvas`` centre-cropped to a multiple of one VAE factor: the crop a VAE
+    makes is less than one latent cell and the same factor on both sides, so the allowance grows with the
+    VAE's factor, not a fixed number of pixels."""
+    return any(tuple(side // f * f for side in canvas) == tuple(size) for f in _VAE_FACTORS)
+
+
 def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "result") -> torch.Tensor:
     """The decoded result on the body canvas: a VAE centre-crops images to its downscale factor, so a result
     a few pixels smaller than the body image goes back at that crop's offset (the body fills the rest).
@@ -312,10 +321,11 @@ def place_result(result: torch.Tensor, body_image: torch.Tensor, name: str = "re
     h, w = result.shape[1:3]
     if (h, w) == (height, width):
         return result
-    if not (0 <= height - h < MAX_VAE_CROP and 0 <= width - w < MAX_VAE_CROP):
+    if not is_vae_crop((h, w), (height, width)):
         raise ValueError(
             f"{name} is {w}×{h} but body_image is {width}×{height}; decode the latents sampled on this body image "
-            f"(Paste Back takes the decoded result at the canvas size, or VAE-cropped by less than 64 px)"
+            f"(Paste Back takes the decoded result at the canvas size, or as a VAE crops it: to a multiple of the "
+            f"VAE's downscale factor, less than one latent cell smaller)"
         )
     top, left = (height - h) // 2, (width - w) // 2
     canvas = body_image.expand(result.shape[0], -1, -1, -1).clone()

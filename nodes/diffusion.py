@@ -27,8 +27,10 @@ from .diffusion_model import (
     describe,
 )
 from .types import HeadSwapLayout
+from .validation import ModelFiles, validate_schema_values
 
 FOLDER = "headswap_diffusion"
+CHECKPOINT_FILES = ModelFiles(FOLDER, "Models")
 UNKNOWN_CHOICES = {"error": "error", "no class": "zeros"}
 
 
@@ -84,8 +86,19 @@ class HeadSwapDiffusionLoader(io.ComfyNode):
                     ),
                 ),
             ],
-            outputs=[io.Model.Output(display_name="MODEL"), io.Vae.Output(display_name="VAE")],
+            outputs=[
+                io.Model.Output(display_name="MODEL"),
+                io.Vae.Output(display_name="VAE"),
+                io.String.Output(
+                    display_name="info",
+                    tooltip="What was loaded, and a warning when the architecture had to be assumed.",
+                ),
+            ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs, files={"ckpt_name": CHECKPOINT_FILES})
 
     @classmethod
     def execute(cls, ckpt_name: str, weights: str, weight_dtype: str, quantize_on_decode: bool) -> io.NodeOutput:
@@ -94,8 +107,8 @@ class HeadSwapDiffusionLoader(io.ComfyNode):
             checkpoint = read_ldm_checkpoint(path, weights)
         except ForeignCheckpointError as e:
             raise ValueError(f"ckpt_name: {e}.{_foreign_hint(e)}") from e
-        describe(checkpoint, ckpt_name)
-        return io.NodeOutput(build_model(checkpoint, weight_dtype), build_vae(checkpoint, quantize_on_decode))
+        info = describe(checkpoint, ckpt_name)
+        return io.NodeOutput(build_model(checkpoint, weight_dtype), build_vae(checkpoint, quantize_on_decode), info)
 
 
 class HeadSwapLayoutConditioning(io.ComfyNode):
@@ -131,6 +144,10 @@ class HeadSwapLayoutConditioning(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(cls, layout: SemanticLayout, unknown_labels: str) -> io.NodeOutput:
         if unknown_labels not in UNKNOWN_CHOICES:
             raise ValueError(f"unknown_labels must be one of {list(UNKNOWN_CHOICES)}, got {unknown_labels!r}")
@@ -162,6 +179,10 @@ class HeadSwapSaveDiffusion(io.ComfyNode):
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, model, vae, filename_prefix: str) -> io.NodeOutput:

@@ -336,13 +336,34 @@ def build_vae(checkpoint: LDMCheckpoint, quantize_on_decode: bool = True) -> Hea
     return HeadSwapVQVAE(vq, checkpoint.config.first_stage["ddconfig"]["ch"])
 
 
-def describe(checkpoint: LDMCheckpoint, name: str) -> None:
-    cfg = checkpoint.config
-    logger.info(
-        "%s: semantic-mixing LDM (%s UNet weights, %d layout classes, latent f=%d, config from %s)",
-        name,
-        checkpoint.weights,
-        cfg.num_classes,
-        cfg.vae_factor,
-        checkpoint.config_source,
+INFERRED_CONFIG_SOURCE = "state-dict shapes"  # LDMCheckpoint.config_source when no config was found
+
+
+def heads_assumed_warning(checkpoint: LDMCheckpoint, name: str) -> str | None:
+    """The warning for a checkpoint loaded without a config: its attention head count had to be assumed."""
+    if checkpoint.config_source != INFERRED_CONFIG_SOURCE:
+        return None
+    stem = name.rsplit(".", 1)[0]
+    return (
+        f"{name}: no config was found for this checkpoint, so its attention head count was ASSUMED to be "
+        f"{checkpoint.config.unet['num_heads']} (LDM's semantic-synthesis value; the weights cannot show it). If the "
+        f"model was trained with another head count, its images are wrong without any error. Give the config: put "
+        f"the LDM config.yaml it was trained with next to it as '{stem}.yaml', or convert it once with "
+        f"'python scripts/convert_ldm.py {name} {stem}_hs.safetensors --config config.yaml' (the config is then "
+        f"stored in the file)"
     )
+
+
+def describe(checkpoint: LDMCheckpoint, name: str) -> str:
+    """One line on what was loaded (logged and returned), plus the head-count warning where it applies."""
+    cfg = checkpoint.config
+    text = (
+        f"{name}: semantic-mixing LDM ({checkpoint.weights} UNet weights, {cfg.num_classes} layout classes, "
+        f"latent f={cfg.vae_factor}, config from {checkpoint.config_source})"
+    )
+    logger.info("%s", text)
+    warning = heads_assumed_warning(checkpoint, name)
+    if warning is not None:
+        logger.warning("%s", warning)
+        text += "\nWARNING: " + warning
+    return text

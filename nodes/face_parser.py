@@ -82,7 +82,7 @@ def _load_state_dict(path: str, source: str) -> dict[str, torch.Tensor]:
         sd = comfy.utils.load_torch_file(path, safe_load=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, SafetensorError) as e:
         raise ValueError(
-            f"{source} could not be read as a weights file ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"{source} could not be read as a weights file ({type(e).__name__}: {(str(e).splitlines() or ['empty'])[0][:200]}). "
             f"Pickled files are loaded with weights_only=True, so only plain state dicts are accepted; "
             f"expected {EXPECTED_KINDS}"
         ) from e

@@ -20,6 +20,7 @@ from ..hs_models.inpainting import inpaint_layout
 from ..hs_models.layout import SemanticLayout
 from ..hs_models.layout_generator import LayoutGenerator, complete_layout, load_generator
 from .types import HeadSwapLayoutGenerator
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/layout"
 LAYOUT_FOLDER = "headswap_layout"
@@ -131,10 +132,11 @@ class HeadSwapLayoutGeneratorLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str) -> bool | str:
-        if folder_paths.get_full_path(LAYOUT_FOLDER, model_name) is None:
-            return _missing_model_message(model_name)
-        return True
+    def validate_inputs(cls, **inputs) -> bool | str:
+        model_name = inputs.get("model_name")
+        if model_name is not None and folder_paths.get_full_path(LAYOUT_FOLDER, str(model_name)) is None:
+            return _missing_model_message(str(model_name))
+        return validate_schema_values(cls, inputs, checked_by_node=("model_name",))
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:

@@ -22,6 +22,7 @@ from ..hs_models.layout import (
 )
 from ._tensors import broadcast_batches
 from .types import HeadSwapLayout
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/layout"
 DECODE_MODES = ("auto", "indices", "palette")
@@ -31,6 +32,60 @@ def _input_images() -> list[str]:
     input_dir = folder_paths.get_input_directory()
     files = [f for f in os.listdir(input_dir) if os.path.isfile(os.path.join(input_dir, f))]
     return sorted(folder_paths.filter_files_content_types(files, ["image"]))
+
+
+_ANNOTATED_FOLDERS = {
+    "[input]": folder_paths.get_input_directory,
+    "[output]": folder_paths.get_output_directory,
+    "[temp]": folder_paths.get_temp_directory,
+}
+
+
+def _not_in_input_folder(image: str) -> str:
+    return (
+        f"image: {image!r} is not in the input folder (or is not a file); upload the layout (or copy it into "
+        f"{folder_paths.get_input_directory()}) and pick it from the list. Names are relative to the input folder; "
+        f"absolute paths and '..' are not accepted"
+    )
+
+
+def resolve_input_file(image: str) -> str:
+    """The path of ``image`` inside ComfyUI's input folder (or the output/temp folder for names annotated
+    ``name [output]`` / ``name [temp]``, as core LoadImage allows), or ValueError.
+
+    Names that leave the folder (absolute paths, ``..``, symbolic links pointing out) get the same message as
+    names that do not exist, decided before anything outside the folder is looked at, so the error never
+    tells whether an outside path exists.
+    """
+    name, base_dir = image, folder_paths.get_input_directory()
+    for suffix, folder in _ANNOTATED_FOLDERS.items():
+        if image.endswith(" " + suffix) or image.endswith(suffix):
+            name, base_dir = image[: -len(suffix)].rstrip(" "), folder()
+            break
+    base = os.path.realpath(base_dir)
+    if not name or "\0" in name or os.path.isabs(name):
+        raise ValueError(_not_in_input_folder(image))
+    joined = os.path.normpath(os.path.join(base, name))
+    if os.path.commonpath([base, joined]) != base:  # decided from the name alone
+        raise ValueError(_not_in_input_folder(image))
+    resolved = os.path.realpath(joined)  # follows links only for names inside the folder
+    if os.path.commonpath([base, resolved]) != base or not os.path.isfile(resolved):
+        raise ValueError(_not_in_input_folder(image))
+    return resolved
+
+
+def open_layout_image(path: str, image: str) -> Image.Image:
+    """Open and fully read an image file; a file that is not a readable image gets a clear error."""
+    try:
+        img = node_helpers.pillow(Image.open, path)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(
+            f"image: {image!r} could not be read as an image ({type(e).__name__}: {str(e)[:160]}); the file may be "
+            f"damaged or not an image. Save the layout again as PNG (an indexed or RGB PNG in the palette "
+            f"colours) and upload it"
+        ) from None
+    return img
 
 
 def decode_layout_image(img: Image.Image, label_set_name: str, decode: str, source: str) -> torch.Tensor:
@@ -122,8 +177,7 @@ class HeadSwapLoadLayout(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: str, label_set: str, decode: str) -> io.NodeOutput:
-        path = folder_paths.get_annotated_filepath(image)
-        img = node_helpers.pillow(Image.open, path)
+        img = open_layout_image(resolve_input_file(image), image)
         labels = decode_layout_image(img, label_set, decode, source=f"image {image!r}")
         layout = SemanticLayout(labels[None], get_label_set(label_set))
         preview = colorize(layout.labels, layout.label_set)
@@ -131,14 +185,22 @@ class HeadSwapLoadLayout(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, image: str, label_set: str, decode: str) -> str:
-        with open(folder_paths.get_annotated_filepath(image), "rb") as f:
+        try:
+            path = resolve_input_file(image)
+        except ValueError:
+            return ""  # validation refuses the name; nothing to fingerprint
+        with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
 
     @classmethod
-    def validate_inputs(cls, image: str, label_set: str, decode: str) -> bool | str:
-        if not folder_paths.exists_annotated_filepath(image):
-            return f"image: file {image!r} is not in the input folder; upload it or pick another file"
-        return True
+    def validate_inputs(cls, **inputs) -> bool | str:
+        image = inputs.get("image")
+        if image is not None:
+            try:
+                resolve_input_file(str(image))
+            except ValueError as e:
+                return str(e)
+        return validate_schema_values(cls, inputs, checked_by_node=("image",))
 
 
 class HeadSwapLayoutPreview(io.ComfyNode):
@@ -169,7 +231,16 @@ class HeadSwapLayoutPreview(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(cls, layout: SemanticLayout, opacity: float, image: torch.Tensor | None = None) -> io.NodeOutput:
+        if not isinstance(layout, SemanticLayout):
+            raise ValueError(
+                f"layout: got a {type(layout).__name__}, not a HEADSWAP_LAYOUT; connect a layout output (Load Layout, "
+                f"Face Parse, Layout Blend, …)"
+            )
         colours = colorize(layout.labels, layout.label_set)
         if image is not None:
             if tuple(image.shape[1:3]) != (layout.height, layout.width):
@@ -205,6 +276,10 @@ class HeadSwapLayoutToMask(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(cls, layout: SemanticLayout, classes: str) -> io.NodeOutput:
         ids = resolve_class_selection(classes, layout.label_set)
         return io.NodeOutput(layout.mask_of(ids))
@@ -233,6 +308,10 @@ class HeadSwapConvertLayout(io.ComfyNode):
             ],
             outputs=[HeadSwapLayout.Output(display_name="layout")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, layout: SemanticLayout, label_set: str) -> io.NodeOutput:

@@ -22,6 +22,7 @@ from ..hs_models.calibration import DEFAULT_LATENT_CELL, DEFAULT_MIN_REGION, cal
 from ..hs_models.layout import SemanticLayout
 from .layout_generator import BACKENDS, run_layout_inpaint
 from .types import HeadSwapLayout, HeadSwapLayoutGenerator
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/layout"
 
@@ -103,6 +104,10 @@ class HeadSwapLayoutBlend(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(
         cls,
         head_layout: SemanticLayout,
@@ -158,6 +163,10 @@ class HeadSwapLayoutInpaint(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
+
+    @classmethod
     def execute(cls, layout: SemanticLayout, backend: str, generator=None) -> io.NodeOutput:
         completed, filled = run_layout_inpaint(layout, backend, generator)
         return io.NodeOutput(completed, filled.to(torch.float32))
@@ -209,6 +218,10 @@ class HeadSwapSemanticCalibration(io.ComfyNode):
                 io.Mask.Output(display_name="transition_mask"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(

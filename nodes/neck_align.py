@@ -9,8 +9,45 @@ from ..hs_models.alignment import MODES, AlignmentOptions, HeadTransform, estima
 from ..hs_models.layout import SemanticLayout
 from ._tensors import broadcast_batches
 from .types import HeadSwapLayout, HeadSwapTransform, PoseKeypoint
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/alignment"
+_POSE_HELP = (
+    "expected POSE_KEYPOINT data: a list with one OpenPose frame per image, each a dict "
+    "{'people': [{'pose_keypoints_2d': [x, y, confidence, …]}], 'canvas_width': W, 'canvas_height': H}; connect "
+    "the POSE_KEYPOINT output of a pose estimator (OpenPose/DWPose) or leave the input unconnected"
+)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_pose(pose, name: str) -> None:
+    """Refuse POSE_KEYPOINT data that is not OpenPose JSON before any of it is read, naming what is wrong."""
+    frames = [pose] if isinstance(pose, dict) else pose
+    if not isinstance(frames, list) or not frames:
+        raise ValueError(f"{name}: got {type(pose).__name__} {str(pose)[:60]!r}; {_POSE_HELP}")
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict):
+            raise ValueError(f"{name}: frame {i} is a {type(frame).__name__}, not a dict; {_POSE_HELP}")
+        for key in ("canvas_width", "canvas_height"):
+            value = frame.get(key)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ValueError(f"{name}: frame {i} has {key} {value!r}, not a positive number; {_POSE_HELP}")
+        people = frame.get("people")
+        if people is not None and not isinstance(people, list):
+            raise ValueError(f"{name}: frame {i} has 'people' of type {type(people).__name__}; {_POSE_HELP}")
+        for j, person in enumerate(people or []):
+            points = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
+            if not isinstance(person, dict) or not isinstance(points, (list, tuple, type(None))):
+                raise ValueError(f"{name}: frame {i}, person {j} is not a dict with a keypoint list; {_POSE_HELP}")
+            bad = next((v for v in points or () if not _is_number(v)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"{name}: frame {i}, person {j} has the keypoint value {bad!r}; pose_keypoints_2d must be "
+                    f"numbers (x, y, confidence triplets); {_POSE_HELP}"
+                )
 
 
 class HeadSwapNeckAlign(io.ComfyNode):
@@ -107,6 +144,17 @@ class HeadSwapNeckAlign(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        # poses typed into an API prompt (OpenPose JSON) are accepted as data and checked here
+        for name in ("head_pose", "body_pose"):
+            if inputs.get(name) is not None:
+                try:
+                    check_pose(inputs[name], name)
+                except ValueError as e:
+                    return str(e)
+        return validate_schema_values(cls, inputs, checked_by_node=("head_pose", "body_pose"))
+
+    @classmethod
     def execute(
         cls,
         head_image: torch.Tensor,
@@ -127,6 +175,9 @@ class HeadSwapNeckAlign(io.ComfyNode):
                 f"head_image is {head_image.shape[2]}×{head_image.shape[1]} but head_layout is "
                 f"{head_layout.width}×{head_layout.height}; give the layout parsed from this image"
             )
+        for pose, name in ((head_pose, "head_pose"), (body_pose, "body_pose")):
+            if pose is not None:
+                check_pose(pose, name)
         image, labels = broadcast_batches(("head_image", head_image), ("head_layout", head_layout.labels))
         head_layout = head_layout.with_labels(labels.contiguous()) if labels is not head_layout.labels else head_layout
         options = AlignmentOptions(

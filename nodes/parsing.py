@@ -16,6 +16,7 @@ from ..hs_models.layout import SemanticLayout
 from ..hs_models.parsing import AUTO, MODES
 from .face_parser import PARSING_FOLDER, PRECISIONS, FaceParser, load_face_parser, missing_model_message, parse_with
 from .types import HeadSwapLayout, HeadSwapParser
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/parsing"
 
@@ -70,12 +71,11 @@ class HeadSwapParsingModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str, precision: str) -> bool | str:
-        if folder_paths.get_full_path(PARSING_FOLDER, model_name) is None:
-            return missing_model_message(model_name)
-        if precision not in PRECISIONS:
-            return f"precision must be one of {list(PRECISIONS)}, got {precision!r}"
-        return True
+    def validate_inputs(cls, **inputs) -> bool | str:
+        model_name = inputs.get("model_name")
+        if model_name is not None and folder_paths.get_full_path(PARSING_FOLDER, str(model_name)) is None:
+            return missing_model_message(str(model_name))
+        return validate_schema_values(cls, inputs, checked_by_node=("model_name",))
 
     @classmethod
     def execute(cls, model_name: str, precision: str) -> io.NodeOutput:
@@ -132,6 +132,10 @@ class HeadSwapFaceParse(io.ComfyNode):
             ],
             outputs=[HeadSwapLayout.Output(display_name="layout")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..hs_models.log import logger
 from ..hs_models.paste_back import BLEND_MODES, paste_back_images
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
 
@@ -71,6 +72,10 @@ class HeadSwapPasteBack(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="image")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(

@@ -16,6 +16,7 @@ from ..hs_models.mixing import NOISE_MODES, SOFT_MASK_MODES, MixOptions
 from .semantic_mix_guider import MixSource, as_mask, build_guider
 from .sources import CANVAS_KEY
 from .types import HeadSwapMixSources
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
 CFG_TOOLTIP = (
@@ -184,8 +185,8 @@ class HeadSwapSemanticMixingKSampler(io.ComfyNode):
         return io.NodeOutput(out)
 
     @classmethod
-    def validate_inputs(cls, fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-        return _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks)
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return _validate_options(cls, inputs)
 
 
 class HeadSwapSemanticMixGuider(io.ComfyNode):
@@ -232,12 +233,18 @@ class HeadSwapSemanticMixGuider(io.ComfyNode):
         return io.NodeOutput(guider)
 
     @classmethod
-    def validate_inputs(cls, fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-        return _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks)
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return _validate_options(cls, inputs)
 
 
-def _validate_options(fusion_start, fusion_end, mask_dilation, soft_masks) -> bool | str:
-    """Check the schedule before the graph runs (linked values arrive as None and are checked at run time)."""
+def _validate_options(node_cls, inputs: dict) -> bool | str:
+    """Check the typed-in values and the schedule before the graph runs (linked values arrive as None and are
+    checked at run time)."""
+    checked = validate_schema_values(node_cls, inputs)
+    if checked is not True:
+        return checked
+    names = ("fusion_start", "fusion_end", "mask_dilation", "soft_masks")
+    fusion_start, fusion_end, mask_dilation, soft_masks = (inputs.get(n) for n in names)
     if None in (fusion_start, fusion_end, mask_dilation, soft_masks):
         return True
     try:
@@ -268,6 +275,10 @@ class HeadSwapMixSource(io.ComfyNode):
             ],
             outputs=[HeadSwapMixSources.Output(display_name="sources")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, latent, mask, sources=None) -> io.NodeOutput:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import comfy.model_management
 import comfy.model_patcher
 import comfy.samplers
 import node_helpers
@@ -250,6 +251,7 @@ class SemanticMixGuider(comfy.samplers.CFGGuider):
             return super().sample(noise, latent_image, sampler, sigmas, None, callback, disable_pbar, seed)
 
         device = self.model_patcher.load_device
+        comfy.model_management.throw_exception_if_processing_interrupted()  # the plan's dilations can take a while
         plan = MixPlan(keep.to(device), sigmas, options)
         clock = StepClock(sigmas, corrects_at_next_sigma(sampler))
         self._run = _Run(plan, clock, composite, sigmas, 0 if seed is None else int(seed))

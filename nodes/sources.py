@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..hs_models.mixing import keep_mask_to_latent
 from ._tensors import broadcast_batches
+from .validation import validate_schema_values
 
 CATEGORY = "headswap/sampling"
 CANVAS_KEY = "headswap_inpaint_canvas"
@@ -46,6 +47,35 @@ def crop_to_multiple(t: torch.Tensor, factor: int) -> torch.Tensor:
         if keep != size:
             t = t.narrow(dim, (size % factor) // 2, keep)
     return t
+
+
+# Largest share of an image side the VAE's centre crop may cut away silently. A VAE crops less than one latent
+# cell, which is nothing on photos but most of a tiny image (7 px at factor 4 keep 4): cropping that much
+# would leave layouts and masks made for the full image misaligned, and later errors would blame the wrong
+# thing.
+MAX_CROP_FRACTION = 0.125
+
+
+def check_crop(width: int, height: int, factor: int) -> None:
+    """Refuse images the VAE's centre crop (to multiples of ``factor``) would cut noticeably, in pixels."""
+    kept_w, kept_h = (width // factor) * factor, (height // factor) * factor
+    hint = (
+        f"resize or pad the head and body images (and their masks and layouts) to a multiple of {factor} px, "
+        f"e.g. {max(factor, round(width / factor) * factor)}×{max(factor, round(height / factor) * factor)}"
+    )
+    if kept_w == 0 or kept_h == 0:
+        raise ValueError(
+            f"head_image/body_image are {width}×{height} px, smaller than one latent cell of this VAE "
+            f"({factor}×{factor} px); {hint}"
+        )
+    cut = max((width - kept_w) / width, (height - kept_h) / height)
+    if cut > MAX_CROP_FRACTION:
+        raise ValueError(
+            f"head_image/body_image are {width}×{height} px; this VAE encodes multiples of {factor} px, so they "
+            f"would be cropped to {kept_w}×{kept_h} px ({100 * cut:.0f}% of a side cut away, more than "
+            f"{100 * MAX_CROP_FRACTION:.1f}%), and masks and layouts made for the full image would no longer line "
+            f"up; {hint}"
+        )
 
 
 def _mask_batch(mask: torch.Tensor, name: str) -> torch.Tensor:
@@ -87,8 +117,7 @@ def encode_sources(vae, head_image, head_mask, body_image, body_mask):
         ("head_mask", masks["head_mask"]), ("body_mask", masks["body_mask"]),
     )  # fmt: skip
     factor = vae_downscale(vae)
-    if height < factor or width < factor:
-        raise ValueError(f"the images are {width}×{height}, smaller than one latent cell of this VAE ({factor} px)")
+    check_crop(width, height, factor)
     head_image, body_image, head_keep, body_keep = (
         crop_to_multiple(t, factor) for t in (head_image, body_image, head_keep, body_keep)
     )
@@ -145,6 +174,10 @@ class HeadSwapEncodeSources(io.ComfyNode):
                 io.Mask.Output(display_name="body_mask"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **inputs) -> bool | str:
+        return validate_schema_values(cls, inputs)
 
     @classmethod
     def execute(cls, vae, head_image, head_mask, body_image, body_mask) -> io.NodeOutput:

@@ -156,4 +156,4 @@ def _refused_global(error: pickle.UnpicklingError) -> str:
     if kind:
         return f"it holds a {kind.group(1)} object, which is not a tensor type"
     detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    return detail.group(1).strip() if detail else text.strip().splitlines()[0]
+    return detail.group(1).strip() if detail else (text.strip().splitlines() or [type(error).__name__])[0]

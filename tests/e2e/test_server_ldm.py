@@ -52,7 +52,7 @@ def _in_process(pack_nodes, comfy_dirs, tiny_ldm, comfy_server) -> torch.Tensor:
 
     shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
     with torch.inference_mode():
-        model, vae = pack_nodes["HeadSwapDiffusionLoader"].execute(CKPT, "auto", "default", True).result
+        model, vae, _ = pack_nodes["HeadSwapDiffusionLoader"].execute(CKPT, "auto", "default", True).result
         photo = np.asarray(Image.open(comfy_server.input_dir / "ldm_photo.png").convert("RGB"))
         pixels = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
         latent = core_nodes.VAEEncode().encode(vae, pixels)[0]

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("inference_mode")
 def hs_ldm(pack_nodes, comfy_dirs, tiny_ldm):
     shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
     loader = pack_nodes["HeadSwapDiffusionLoader"]
-    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result
+    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result[:2]
 
 
 def _photo_and_layout(ref, height: int, width: int):

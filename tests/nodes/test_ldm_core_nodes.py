@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("inference_mode")
 
 def _load(pack_nodes, name: str, weights: str = "auto"):
     loader = pack_nodes["HeadSwapDiffusionLoader"]
-    return loader.execute(ckpt_name=name, weights=weights, weight_dtype="default", quantize_on_decode=True).result
+    return loader.execute(ckpt_name=name, weights=weights, weight_dtype="default", quantize_on_decode=True).result[:2]
 
 
 @pytest.fixture(scope="module")

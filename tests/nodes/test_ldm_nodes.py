@@ -35,7 +35,7 @@ def loaded(pack_nodes, model_dir):
     out = {}
     for weights, name in (("ema", "tiny_ema.safetensors"), ("live", "tiny_live_fp16.safetensors")):
         out[weights] = loader.execute(ckpt_name=name, weights="auto", weight_dtype="default", quantize_on_decode=True)
-    return {k: v.result for k, v in out.items()}
+    return {k: v.result[:2] for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ def test_sampler_custom_advanced_with_cfg_guider(loaded, conditioning, ref):
 
 
 def test_memory_management_loads_and_partially_offloads(pack_nodes, model_dir, conditioning, ref):
-    model, _ = (
+    model, _, _ = (
         pack_nodes["HeadSwapDiffusionLoader"]
         .execute(ckpt_name="tiny_ema.safetensors", weights="auto", weight_dtype="default", quantize_on_decode=True)
         .result

@@ -27,7 +27,7 @@ def hs_ldm(pack_nodes, comfy_dirs, tiny_ldm):
     """(MODEL, VAE) of the tiny fixture LDM, loaded by the pack's loader node."""
     shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
     loader = pack_nodes["HeadSwapDiffusionLoader"]
-    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result
+    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result[:2]
 
 
 def _layout_conditioning(pack_nodes, labels: torch.Tensor):

@@ -389,9 +389,14 @@ def test_bad_input_errors_name_the_inputs_before_any_sampling(pack_nodes, sd_lik
         _ksampler(pack_nodes, counted, hs_encoded)
     assert calls == []
     node = pack_nodes["HeadSwapSemanticMixingKSampler"]
-    assert "0 ≤ start < end ≤ 1" in node.validate_inputs(0.5, 0.5, "", "blend")
-    assert "not a whole number" in node.validate_inputs(0.0, 1.0, "1,x", "blend")
-    assert node.validate_inputs(0.0, 1.0, "3,2,1", "by noise level") is True
+
+    def options(fusion_start, fusion_end, mask_dilation, soft_masks):
+        return {"fusion_start": fusion_start, "fusion_end": fusion_end, "mask_dilation": mask_dilation,
+                "soft_masks": soft_masks}  # fmt: skip
+
+    assert "0 ≤ start < end ≤ 1" in node.validate_inputs(**options(0.5, 0.5, "", "blend"))
+    assert "not a whole number" in node.validate_inputs(**options(0.0, 1.0, "1,x", "blend"))
+    assert node.validate_inputs(**options(0.0, 1.0, "3,2,1", "by noise level")) is True
 
 
 def test_ddim_uniform_scheduler_uses_ldm_ddim_timesteps(sd_like):
