@@ -13,6 +13,7 @@ import torch
 
 from comfyui_hs_diffusion.hs_models.labels import CANONICAL, PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
+from comfyui_hs_diffusion.hs_models.mixing import ddim_timesteps, step_noise
 from hs_testing.tiny_models import conditioning, tiny_model, tiny_vae
 
 SIZE = 64  # pixels: 16×16 latent cells of the VQ-f4 autoencoder
@@ -155,3 +156,82 @@ def test_vae_model_and_layout_mismatches_are_named(pack_nodes, hs_ldm, ref):
     converted = pack_nodes["HeadSwapConvertLayout"].execute(layout=canonical, label_set="paper5").result[0]
     right = pack_nodes["HeadSwapLayoutConditioning"].execute(layout=converted, unknown_labels="error").result
     assert torch.isfinite(_sample(pack_nodes, model, *right, hs_encoded, steps=1)).all()
+
+
+def _dilated(transition: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max of the transition mask over a disc of offsets dy² + dx² ≤ r² + r (plain torch; zero outside)."""
+    if radius == 0:
+        return transition
+    h, w = transition.shape[-2:]
+    padded = torch.nn.functional.pad(transition, (radius,) * 4)
+    shifts = [
+        padded[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy * dy + dx * dx <= radius * radius + radius
+    ]
+    return torch.stack(shifts).amax(0)
+
+
+def paper_sampler(model, layout_labels, encoded, alphas_cumprod, seed, steps, radii=()):
+    """docs/method.md §9.3 in ᾱ-space, plain torch: DDIM (η = 0) over LDM's uniform timesteps with the sources
+    re-noised by a fresh ε per step (one draw for both), pasted outside the transition region before each
+    ε_θ call, and a final fusion with the clean sources. Radii: a BLD-style dilation schedule of the transition
+    region over near-equal stages (§9.2). The per-step ε is the pack's seeded draw (``step_noise``), the start
+    the seed's noise on the sources' canvas: z_T = √ᾱ_T·c + √(1−ᾱ_T)·ε (ComfyUI starts from the composite
+    noised to σ_T; in the generated region c = 0, so this is √(1−ᾱ_T)·ε), and the last step goes to ᾱ = 1
+    (σ = 0, as ComfyUI's schedules end)."""
+    unet, encoder = model.model.diffusion_model, model.model.layout_encoder
+    scale = model.model.latent_format.scale_factor
+    head_latent, head_keep, body_latent, body_keep = encoded
+    keep = (head_keep + body_keep)[:, None]
+    c = (body_latent["samples"] * body_keep[:, None] + head_latent["samples"] * head_keep[:, None]) * scale
+    s = encoder.encode_labels(layout_labels[None].long()).float()
+    ab = alphas_cumprod.double()
+    timesteps = ddim_timesteps(steps)[::-1]
+    noise = torch.randn(c.shape, generator=torch.Generator().manual_seed(seed))
+    z = (ab[timesteps[0]].sqrt() * c + (1 - ab[timesteps[0]]).sqrt() * noise).float()
+    transition = 1.0 - keep
+    for i, t in enumerate(timesteps):
+        if radii:
+            transition = _dilated(1.0 - keep, radii[min(i * len(radii) // steps, len(radii) - 1)])
+        a_t = ab[t]
+        a_prev = ab[timesteps[i + 1]] if i + 1 < steps else torch.tensor(1.0, dtype=torch.float64)
+        eps = step_noise(seed, i, c.shape)
+        renoised = a_t.sqrt() * c + (1 - a_t).sqrt() * eps
+        z_hat = ((1.0 - transition) * renoised + transition * z).float()
+        with torch.no_grad():
+            e = unet(torch.cat([z_hat, s], dim=1), torch.full((c.shape[0],), t, dtype=torch.float32)).double()
+        x0 = (z_hat - (1 - a_t).sqrt() * e) / a_t.sqrt()
+        z = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * e).float()
+    fused = (1.0 - transition) * c + transition * z  # the final fusion keeps what the last step kept
+    return fused / scale
+
+
+@pytest.mark.parametrize("mask_dilation", ["", "2, 1, 0"])
+def test_fresh_noise_equals_the_papers_sampler_in_alpha_space(pack_nodes, hs_ldm, ref, mask_dilation):
+    """The node (ddim over ddim_uniform, cfg 1, fresh noise) is the plain ᾱ-space loop of §9.3 fed the same
+    noise: within 1e-3. A wrong per-step mask, noise draw or noise level anywhere in the node breaks it."""
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    encoded = _encode(pack_nodes, vae, ref)
+    ours = _sample(pack_nodes, model, positive, negative, encoded, seed=7, steps=4, mask_dilation=mask_dilation)
+    radii = tuple(int(r) for r in mask_dilation.split(",")) if mask_dilation else ()
+    paper = paper_sampler(model, ref["layout"][0], encoded, ref["alphas_cumprod"], 7, 4, radii)
+    assert float((ours - paper).abs().max()) <= 1e-3, float((ours - paper).abs().max())
+    _, _, transition = _regions(encoded, ours)
+    assert float(ours[transition].abs().max()) > 0.1  # the generated region is not trivially equal
+
+
+def test_cfg_above_one_gains_nothing_on_the_ldm_and_says_so(pack_nodes, hs_ldm, ref, caplog):
+    """Layout Conditioning gives positive and negative the same layout, so cfg 3 returns cfg 1's result (at twice
+    the cost): the sampler logs a warning naming cfg and the fix."""
+    model, vae = hs_ldm
+    positive, negative = _layout_conditioning(pack_nodes, ref["layout"][0])
+    encoded = _encode(pack_nodes, vae, ref)
+    one = _sample(pack_nodes, model, positive, negative, encoded, steps=2, cfg=1.0)
+    assert not [r for r in caplog.records if "cfg" in r.getMessage()]
+    three = _sample(pack_nodes, model, positive, negative, encoded, steps=2, cfg=3.0)
+    assert float((one - three).abs().max()) <= 1e-4 * float(one.abs().max())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "cfg 3" in r.getMessage()]
+    assert len(warnings) == 1 and "set cfg to 1.0" in warnings[0]
