@@ -44,6 +44,11 @@ def _mixing_inputs() -> list:
     ]
 
 
+def _cfg_input() -> io.Float.Input:
+    """The classifier-free guidance scale, the same for the sampler and the guider."""
+    return io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_TOOLTIP)
+
+
 def _option_inputs() -> list:
     return [
         io.Combo.Input(
@@ -133,15 +138,7 @@ class HeadSwapSemanticMixingKSampler(io.ComfyNode):
                 *_mixing_inputs(),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
                 io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input(
-                    "cfg",
-                    default=8.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip=CFG_TOOLTIP,
-                ),
+                _cfg_input(),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS),
                 io.Float.Input(
@@ -207,15 +204,7 @@ class HeadSwapSemanticMixGuider(io.ComfyNode):
                 io.Conditioning.Input("positive"),
                 io.Conditioning.Input("negative"),
                 *_mixing_inputs(),
-                io.Float.Input(
-                    "cfg",
-                    default=8.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip=CFG_TOOLTIP,
-                ),
+                _cfg_input(),
                 *_option_inputs(),
             ],
             outputs=[io.Guider.Output(display_name="guider")],

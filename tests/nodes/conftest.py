@@ -1,4 +1,4 @@
-"""Fixtures shared by the in-process node tests of the semantic-mixing LDM."""
+"""Fixtures shared by the in-process node tests (the semantic-mixing LDM, thread count)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ def model_dir(comfy_dirs, tiny_ldm):
     for path in tiny_ldm.values():
         shutil.copy(path, folder / path.name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def hs_ldm(pack_nodes, model_dir):
+    """(MODEL, VAE) of the tiny fixture LDM (EMA weights), loaded by the pack's loader node."""
+    loader = pack_nodes["HeadSwapDiffusionLoader"]
+    return loader.execute(
+        ckpt_name="tiny_ema.safetensors", weights="auto", weight_dtype="default", quantize_on_decode=True
+    ).result[:2]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are latency-bound: one thread avoids waiting on a busy second core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -4,8 +4,6 @@ and the result comes back at the body photo's size with the kept body pixels unt
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,20 +11,12 @@ import torch.nn.functional as F
 from comfyui_hs_diffusion.hs_models.labels import PAPER5
 from comfyui_hs_diffusion.hs_models.layout import SemanticLayout
 
-CKPT = "tiny_ema_any_size.safetensors"
 SAMPLER = dict(
     seed=3, steps=2, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform", denoise=1.0, noise_mode="fresh",
     fusion_start=0.0, fusion_end=1.0, mask_dilation="", soft_masks="blend", final_fusion=True,
 )  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("inference_mode")
-
-
-@pytest.fixture(scope="module")
-def hs_ldm(pack_nodes, comfy_dirs, tiny_ldm):
-    shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
-    loader = pack_nodes["HeadSwapDiffusionLoader"]
-    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result[:2]
 
 
 def _photo_and_layout(ref, height: int, width: int):

@@ -6,8 +6,6 @@ are named before any sampling."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -17,18 +15,9 @@ from comfyui_hs_diffusion.hs_models.mixing import ddim_timesteps, step_noise
 from hs_testing.tiny_models import conditioning, tiny_model, tiny_vae
 
 SIZE = 64  # pixels: 16×16 latent cells of the VQ-f4 autoencoder
-CKPT = "tiny_ema.safetensors"
 
 
 pytestmark = pytest.mark.usefixtures("inference_mode")
-
-
-@pytest.fixture(scope="module")
-def hs_ldm(pack_nodes, comfy_dirs, tiny_ldm):
-    """(MODEL, VAE) of the tiny fixture LDM, loaded by the pack's loader node."""
-    shutil.copy(tiny_ldm["ema"], comfy_dirs["models"] / "headswap_diffusion" / CKPT)
-    loader = pack_nodes["HeadSwapDiffusionLoader"]
-    return loader.execute(ckpt_name=CKPT, weights="auto", weight_dtype="default", quantize_on_decode=True).result[:2]
 
 
 def _layout_conditioning(pack_nodes, labels: torch.Tensor):

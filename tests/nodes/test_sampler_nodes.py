@@ -13,13 +13,7 @@ from hs_testing.tiny_models import conditioning, tiny_model, tiny_vae
 SIZE = 64  # pixels; 8×8 latent cells at f = 8, 16×16 at f = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are latency-bound: one thread avoids waiting on a busy second core."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
